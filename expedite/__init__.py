@@ -1,0 +1,18 @@
+"""Host-agnostic token reduction for dense-prediction Vision Transformers (pure PyTorch)."""
+from .clustering import ClusterContext, cluster_tokens, reconstruct_tokens
+from .config import ExpediteConfig
+from .layers import TokenClusteringLayer, TokenReconstructionLayer
+from .windows import WindowClusterState, cluster_windows, reconstruct_windows, reduced_length
+
+__all__ = [
+    "ClusterContext",
+    "ExpediteConfig",
+    "TokenClusteringLayer",
+    "TokenReconstructionLayer",
+    "WindowClusterState",
+    "cluster_tokens",
+    "cluster_windows",
+    "reconstruct_tokens",
+    "reconstruct_windows",
+    "reduced_length",
+]

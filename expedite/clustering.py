@@ -1,0 +1,245 @@
+"""Token clustering and token reconstruction (Expedit, Yuan et al., TPAMI 2023): the functional core.
+
+Pure PyTorch, no detectron2. Every function works on *groups* of token maps laid out channel-last,
+``(G, H, W, C)``; a host decides what a group is (a whole image, or one attention window).
+
+Clustering turns each ``H x W`` map into an ``h x w`` map of cluster centres by a few rounds of
+local soft k-means; reconstruction rebuilds the ``H x W`` map from centres refined by later blocks,
+each token taking its ``k`` most similar clusters as measured at clustering time.
+
+Locality: token ``n`` may only join the centres within ``radius`` grid cells of its own cell (the
+cell of the ``h x w`` grid it falls in). Tokens that share a cell share their candidate centres, so
+the distances are computed cell by cell as small matrix products, ``O(N * (2r+1)^2 * C)``, never as a
+masked dense ``N x M`` matrix.
+
+Both layers compute in float32 (also under autocast) and return the input dtype.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ClusterContext", "cluster_tokens", "reconstruct_tokens", "grid_layout"]
+
+# Finite stand-ins for -inf / +inf, so that rows with no valid entry (padding) give 0, not NaN.
+_NEG_LARGE = torch.finfo(torch.float32).min
+_POS_LARGE = torch.finfo(torch.float32).max
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Static index tables tying an ``H x W`` token map to an ``h x w`` centre grid.
+
+    Attributes:
+        members: (M, P) token indices of each cell, padded with ``N`` (a dummy token).
+        candidates: (M, K) centre indices each cell's tokens may join, padded with ``M``.
+        contributors: (M, K) for centre ``m``, the flat index ``cell * K + slot`` of each
+            (cell, candidate slot) pair that points at ``m``, padded with ``M * K``. It inverts
+            ``candidates`` so that centre updates are gathers (deterministic), not scatter-adds.
+    """
+
+    members: torch.Tensor
+    candidates: torch.Tensor
+    contributors: torch.Tensor
+
+
+def _cell_of_position(size: int, cells: int) -> torch.Tensor:
+    # The cell whose centre is nearest: floor((i + 0.5) * cells / size), exact in integers.
+    return ((2 * torch.arange(size) + 1) * cells) // (2 * size)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_layout_cpu(height: int, width: int, grid_h: int, grid_w: int, radius: int) -> GridLayout:
+    num_tokens, num_cells = height * width, grid_h * grid_w
+    cell_rows = _cell_of_position(height, grid_h)
+    cell_cols = _cell_of_position(width, grid_w)
+    token_cell = (cell_rows[:, None] * grid_w + cell_cols[None, :]).flatten()
+
+    cell_sizes = torch.bincount(token_cell, minlength=num_cells)
+    max_members = int(cell_sizes.max())
+    order = torch.argsort(token_cell, stable=True)
+    starts = torch.cumsum(cell_sizes, 0) - cell_sizes
+    slot = torch.arange(num_tokens) - starts[token_cell[order]]
+    members = torch.full((num_cells, max_members), num_tokens, dtype=torch.long)
+    members[token_cell[order], slot] = order
+
+    offsets = torch.arange(-radius, radius + 1)
+    off_r, off_c = torch.meshgrid(offsets, offsets, indexing="ij")
+    off_r, off_c = off_r.flatten(), off_c.flatten()  # (K,)
+    rows = torch.arange(grid_h).repeat_interleave(grid_w)
+    cols = torch.arange(grid_w).repeat(grid_h)
+    cand_r = rows[:, None] + off_r[None, :]
+    cand_c = cols[:, None] + off_c[None, :]
+    inside = (cand_r >= 0) & (cand_r < grid_h) & (cand_c >= 0) & (cand_c < grid_w)
+    candidates = torch.where(inside, cand_r * grid_w + cand_c, torch.full_like(cand_r, num_cells))
+
+    # Centre m is candidate slot k of cell (m - offset_k), when that cell exists.
+    num_slots = off_r.numel()
+    src_r = rows[:, None] - off_r[None, :]
+    src_c = cols[:, None] - off_c[None, :]
+    src_inside = (src_r >= 0) & (src_r < grid_h) & (src_c >= 0) & (src_c < grid_w)
+    flat = (src_r * grid_w + src_c) * num_slots + torch.arange(num_slots)[None, :]
+    contributors = torch.where(src_inside, flat, torch.full_like(flat, num_cells * num_slots))
+    return GridLayout(members, candidates, contributors)
+
+
+def grid_layout(
+    height: int, width: int, grid_h: int, grid_w: int, radius: int, device: torch.device
+) -> GridLayout:
+    """Index tables for clustering an ``height x width`` map to ``grid_h x grid_w`` (cached)."""
+    layout = _grid_layout_cpu(height, width, grid_h, grid_w, radius)
+    return GridLayout(*(t.to(device) for t in (layout.members, layout.candidates, layout.contributors)))
+
+
+@dataclass
+class ClusterContext:
+    """What reconstruction needs from the clustering step.
+
+    Attributes:
+        tokens: (G, N, C) float32 tokens that entered the clustering layer.
+        centres: (G, M, C) float32 centres produced by it.
+        centre_valid: (G, M) bool, False for centres whose cell holds no valid token.
+        size: (H, W) of the token map.
+    """
+
+    tokens: torch.Tensor
+    centres: torch.Tensor
+    centre_valid: torch.Tensor
+    size: Tuple[int, int]
+
+
+def _pad_one(x: torch.Tensor) -> torch.Tensor:
+    """Append one zero row along dim 1, the target of padded indices."""
+    return torch.cat([x, x.new_zeros((x.shape[0], 1) + x.shape[2:])], dim=1)
+
+
+def _initial_centres(x: torch.Tensor, mask: torch.Tensor, grid: Tuple[int, int]):
+    """Masked adaptive average pooling. x: (G, H, W, C), mask: (G, H, W) -> (G, M, C), (G, M)."""
+    weights = mask.to(x.dtype).unsqueeze(1)  # (G, 1, H, W)
+    summed = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2) * weights, grid)
+    counts = F.adaptive_avg_pool2d(weights, grid)
+    centres = summed / counts.clamp_min(1e-12)
+    return centres.flatten(2).transpose(1, 2), counts.flatten(1) > 0
+
+
+def _squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(..., P, C) x (..., K, C) -> (..., P, K) squared L2 distances, clamped at 0."""
+    cross = points @ centres.transpose(-1, -2)
+    sq = points.pow(2).sum(-1, keepdim=True) + centres.pow(2).sum(-1).unsqueeze(-2) - 2 * cross
+    return sq.clamp_min(0)
+
+
+def cluster_tokens(
+    x: torch.Tensor,
+    grid: Tuple[int, int],
+    n_iters: int,
+    temperature: float,
+    radius: int,
+    token_mask: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, ClusterContext]:
+    """Cluster each token map into a smaller map of centres by local soft k-means.
+
+    Args:
+        x: (G, H, W, C) token maps.
+        grid: (h, w) centres per map, ``h <= H`` and ``w <= W``.
+        n_iters: rounds of soft k-means after the pooled initialisation.
+        temperature: multiplier ``t`` of the assignment ``softmax(-t * squared distance)``.
+        radius: a token may join centres within ``radius`` cells of its own cell.
+        token_mask: (G, H, W) bool, False for padding tokens that must not shape any centre.
+
+    Returns:
+        centres: (G, h, w, C) in ``x.dtype``; centres of cells with no valid token are zero.
+        context: what :func:`reconstruct_tokens` needs.
+    """
+    groups, height, width, channels = x.shape
+    grid_h, grid_w = grid
+    if not (1 <= grid_h <= height and 1 <= grid_w <= width):
+        raise ValueError(f"cluster grid {grid_h}x{grid_w} does not fit a {height}x{width} token map")
+    out_dtype = x.dtype
+    with torch.autocast(x.device.type, enabled=False):
+        x32 = x.float()
+        if token_mask is None:
+            token_mask = torch.ones(groups, height, width, dtype=torch.bool, device=x.device)
+        centres, centre_valid = _initial_centres(x32, token_mask, grid)
+        tokens = x32.reshape(groups, height * width, channels)
+        layout = grid_layout(height, width, grid_h, grid_w, radius, x.device)
+
+        member_tokens = _pad_one(tokens)[:, layout.members]  # (G, M, P, C)
+        member_weight = _pad_one(token_mask.reshape(groups, -1).float())[:, layout.members]  # (G, M, P)
+        for _ in range(n_iters):
+            # Assignments carry no gradient (as in Expedit); centres stay differentiable in x.
+            with torch.no_grad():
+                candidate_centres = _pad_one(centres)[:, layout.candidates]  # (G, M, K, C)
+                candidate_valid = _pad_one(centre_valid)[:, layout.candidates]  # (G, M, K)
+                logits = -temperature * _squared_distances(member_tokens, candidate_centres)
+                logits = logits.masked_fill(~candidate_valid.unsqueeze(2), _NEG_LARGE)
+                assign = torch.softmax(logits, dim=-1) * member_weight.unsqueeze(-1)  # (G, M, P, K)
+            # Each (cell, slot) adds its tokens' weighted sum to the centre in that slot.
+            sums = assign.transpose(-1, -2) @ member_tokens  # (G, M, K, C)
+            mass = assign.sum(2)  # (G, M, K)
+            sums = _pad_one(sums.flatten(1, 2))[:, layout.contributors].sum(2)  # (G, M, C)
+            mass = _pad_one(mass.flatten(1, 2))[:, layout.contributors].sum(2)  # (G, M)
+            centres = torch.where(
+                (mass > 0).unsqueeze(-1), sums / mass.clamp_min(1e-12).unsqueeze(-1), centres
+            )
+        centres = centres * centre_valid.unsqueeze(-1)
+        context = ClusterContext(tokens.detach(), centres.detach(), centre_valid, (height, width))
+    return centres.reshape(groups, grid_h, grid_w, channels).to(out_dtype), context
+
+
+def reconstruct_tokens(
+    refined: torch.Tensor,
+    context: ClusterContext,
+    k: int,
+    temperature: float,
+    normalize: str = "sum",
+) -> torch.Tensor:
+    """Rebuild full-resolution token maps from refined centres.
+
+    Each token takes its ``k`` nearest clusters (distances measured at clustering time), with
+    weights ``exp(-temperature * squared distance)`` normalised per token, and mixes the refined
+    centres of those clusters. ``normalize="sum"`` makes the weights sum to one (a convex
+    combination, our default); ``"l2"`` divides by their L2 norm, as the official code does.
+
+    Args:
+        refined: (G, h, w, C) centres after the later blocks.
+        context: from :func:`cluster_tokens` on the same groups.
+        k: clusters per token, ``1 <= k <= h * w``.
+        temperature: the multiplier ``t'``.
+        normalize: "sum" or "l2".
+
+    Returns:
+        (G, H, W, C) tokens in ``refined.dtype``.
+    """
+    groups, grid_h, grid_w, channels = refined.shape
+    num_centres = grid_h * grid_w
+    if context.centres.shape[:2] != (groups, num_centres):
+        raise ValueError(
+            f"refined centres {tuple(refined.shape)} do not match the clustering "
+            f"({context.centres.shape[0]} groups of {context.centres.shape[1]} centres)"
+        )
+    if not 1 <= k <= num_centres:
+        raise ValueError(f"reconstruction k={k} must lie in [1, {num_centres}] (the cluster count)")
+    if normalize not in ("sum", "l2"):
+        raise ValueError(f"reconstruction normalize must be 'sum' or 'l2', got {normalize!r}")
+    out_dtype = refined.dtype
+    with torch.autocast(refined.device.type, enabled=False):
+        with torch.no_grad():
+            distances = _squared_distances(context.tokens, context.centres)  # (G, N, M)
+            distances = distances.masked_fill(~context.centre_valid.unsqueeze(1), _POS_LARGE)
+            nearest, index = torch.topk(distances, k, dim=-1, largest=False, sorted=False)
+            # Shifting by the nearest distance leaves the normalised weights unchanged and avoids
+            # underflow when every distance is large.
+            weights = torch.exp(-temperature * (nearest - nearest.amin(-1, keepdim=True)))
+            if normalize == "sum":
+                weights = weights / weights.sum(-1, keepdim=True)
+            else:
+                weights = weights / weights.norm(dim=-1, keepdim=True)
+            mixing = torch.zeros_like(distances).scatter_(-1, index, weights)  # (G, N, M), k non-zeros
+        out = mixing @ refined.float().reshape(groups, num_centres, channels)
+    height, width = context.size
+    return out.reshape(groups, height, width, channels).to(out_dtype)

@@ -1,0 +1,113 @@
+"""Per-window clustering for hosts with windowed attention (ViTDet, Swin).
+
+The map is padded to whole windows, each window is clustered on its own (padding tokens masked
+out), and the windows of centres are put back together into a smaller map. That map is cropped to
+the centres that hold real tokens, so a later windowed block, which pads to whole windows itself,
+sees exactly the layout the full-resolution block saw: the same windows, each ``grid`` instead of
+``window`` tokens wide, and global blocks see no padding at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .clustering import ClusterContext, cluster_tokens, reconstruct_tokens
+
+__all__ = ["WindowClusterState", "cluster_windows", "reconstruct_windows", "reduced_length"]
+
+
+def reduced_length(length: int, window: int, cells: int) -> int:
+    """Length of the reduced map along one axis: ``cells`` per whole window, and for a partial
+    window the cells whose pooling region starts inside the real tokens."""
+    whole, rest = divmod(length, window)
+    partial = sum(1 for i in range(cells) if (i * window) // cells < rest)
+    return whole * cells + partial
+
+
+def _partition(x: torch.Tensor, win_h: int, win_w: int) -> torch.Tensor:
+    """(B, Hp, Wp, C), Hp and Wp multiples of the window -> (B * nH * nW, win_h, win_w, C)."""
+    batch, height, width, channels = x.shape
+    x = x.reshape(batch, height // win_h, win_h, width // win_w, win_w, channels)
+    return x.transpose(2, 3).reshape(-1, win_h, win_w, channels)
+
+
+def _merge(windows: torch.Tensor, num_windows: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`_partition`: (B * nH * nW, h, w, C) -> (B, nH * h, nW * w, C)."""
+    n_h, n_w = num_windows
+    _, height, width, channels = windows.shape
+    x = windows.reshape(-1, n_h, n_w, height, width, channels).transpose(2, 3)
+    return x.reshape(-1, n_h * height, n_w * width, channels)
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return F.pad(x, (0, 0, 0, width - x.shape[2], 0, height - x.shape[1]))
+
+
+@dataclass
+class WindowClusterState:
+    """Bookkeeping from :func:`cluster_windows` for :func:`reconstruct_windows`."""
+
+    context: ClusterContext
+    size: Tuple[int, int]
+    num_windows: Tuple[int, int]
+    window: int
+    grid: Tuple[int, int]
+
+
+def cluster_windows(
+    x: torch.Tensor,
+    window: int,
+    grid: Tuple[int, int],
+    n_iters: int,
+    temperature: float,
+    radius: int,
+) -> Tuple[torch.Tensor, WindowClusterState]:
+    """Cluster every ``window x window`` window of a map to ``grid`` centres.
+
+    Args:
+        x: (B, H, W, C) token map; H and W need not be multiples of ``window``.
+        window: attention window of the host's blocks.
+        grid: (h, w) centres per window.
+        n_iters, temperature, radius: as in :func:`expedite.clustering.cluster_tokens`.
+
+    Returns:
+        reduced: (B, H', W', C) with ``H' = reduced_length(H, window, h)`` (likewise W').
+        state: for :func:`reconstruct_windows`.
+    """
+    batch, height, width, _ = x.shape
+    n_h, n_w = -(-height // window), -(-width // window)
+    mask = torch.ones(batch, height, width, 1, dtype=x.dtype, device=x.device)
+    padded = _partition(_pad_to(x, n_h * window, n_w * window), window, window)
+    valid = _partition(_pad_to(mask, n_h * window, n_w * window), window, window)[..., 0] > 0
+    centres, context = cluster_tokens(padded, grid, n_iters, temperature, radius, token_mask=valid)
+    reduced = _merge(centres, (n_h, n_w))
+    out_h, out_w = reduced_length(height, window, grid[0]), reduced_length(width, window, grid[1])
+    state = WindowClusterState(context, (height, width), (n_h, n_w), window, tuple(grid))
+    return reduced[:, :out_h, :out_w].contiguous(), state
+
+
+def reconstruct_windows(
+    reduced: torch.Tensor,
+    state: WindowClusterState,
+    k: int,
+    temperature: float,
+    normalize: str = "sum",
+) -> torch.Tensor:
+    """Rebuild the full map from a refined reduced map, window by window.
+
+    Args:
+        reduced: (B, H', W', C) map of refined centres, as laid out by :func:`cluster_windows`.
+        state: from :func:`cluster_windows` on the same batch.
+        k, temperature, normalize: as in :func:`expedite.clustering.reconstruct_tokens`.
+
+    Returns:
+        (B, H, W, C).
+    """
+    (n_h, n_w), (grid_h, grid_w) = state.num_windows, state.grid
+    refined = _partition(_pad_to(reduced, n_h * grid_h, n_w * grid_w), grid_h, grid_w)
+    full = reconstruct_tokens(refined, state.context, k, temperature, normalize)
+    height, width = state.size
+    return _merge(full, (n_h, n_w))[:, :height, :width].contiguous()
