@@ -1,0 +1,36 @@
+import contextlib
+import os
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "checkpoint_keys")
+
+# Tests run on few cores, and results must not depend on how many threads there are.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@contextlib.contextmanager
+def skip_weight_init():
+    """Build big models fast when only their parameter names and shapes matter."""
+    names = [
+        "trunc_normal_", "normal_", "constant_", "kaiming_normal_", "kaiming_uniform_",
+        "xavier_uniform_", "xavier_normal_", "uniform_", "zeros_", "ones_",
+    ]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+    if not os.path.isdir(FIXTURES):
+        pytest.fail(f"checkpoint key fixtures not found at {FIXTURES} (shared/ must sit beside the repo)")
+    return FIXTURES

@@ -1,0 +1,168 @@
+"""ExpeditedViT against detectron2's own ViTDet, the official checkpoint layout, and bad input."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling import ViT
+
+from conftest import REPO, skip_weight_init
+from expedite import ExpediteConfig
+from expedite_vit.checkpoint import CheckpointMismatchError, load_checkpoint
+from expedite_vit.modeling import ExpeditedViT
+
+TINY_VIT = dict(
+    img_size=128, patch_size=16, embed_dim=64, depth=4, num_heads=4, window_size=4,
+    window_block_indexes=[0, 2], use_rel_pos=True, rel_pos_zero_init=False,
+)
+
+
+def tiny_pair(**expedite):
+    """detectron2's ViT and an ExpeditedViT with the same (non-trivial) weights."""
+    torch.manual_seed(0)
+    plain = ViT(**TINY_VIT).eval()
+    with torch.no_grad():
+        for block in plain.blocks:  # random relative positions, so their resizing matters
+            block.attn.rel_pos_h.normal_(std=0.5)
+            block.attn.rel_pos_w.normal_(std=0.5)
+    fast = ExpeditedViT(expedite=ExpediteConfig(**expedite), **TINY_VIT).eval()
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+@pytest.mark.parametrize("size", [(128, 128), (333 // 2, 517 // 2), (96, 160)])
+def test_disabled_equals_detectron2_vit(size):
+    plain, fast = tiny_pair(enabled=False)
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(fast(x)["last_feat"], plain(x)["last_feat"], rtol=0, atol=0)
+
+
+def test_identity_settings_equal_detectron2_vit():
+    # grid == window, no k-means rounds, k=1: clustering and reconstruction are the identity,
+    # so this checks all the plumbing (windows, padding, block order, relative positions).
+    plain, fast = tiny_pair(location=1, grid=4, n_iters=0, k=1)
+    x = torch.randn(2, 3, 160, 112)
+    torch.testing.assert_close(fast(x)["last_feat"], plain(x)["last_feat"], rtol=1e-5, atol=1e-5)
+
+
+def test_reduction_changes_features_at_full_resolution():
+    plain, fast = tiny_pair(location=2, grid=2, k=3)
+    x = torch.randn(1, 3, 128, 128)
+    ref, out = plain(x)["last_feat"], fast(x)["last_feat"]
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, ref)
+
+
+def test_batch_of_two_equals_two_batches_of_one_and_is_deterministic():
+    _, fast = tiny_pair(location=1, grid=3, k=4)
+    x = torch.randn(2, 3, 144, 176)
+    both = fast(x)["last_feat"]
+    torch.testing.assert_close(both, fast(x)["last_feat"], rtol=0, atol=0)
+    for i in range(2):
+        torch.testing.assert_close(fast(x[i : i + 1])["last_feat"], both[i : i + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_runs_and_clustering_stays_float32():
+    _, fast = tiny_pair(location=1, grid=2, k=2)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x)["last_feat"]
+    ref = fast(x)["last_feat"]
+    assert torch.isfinite(out).all()
+    assert torch.nn.functional.cosine_similarity(out.float(), ref, dim=1).mean() > 0.95
+
+
+def test_training_through_the_layers():
+    _, fast = tiny_pair(location=1, grid=2, k=2)
+    fast.train()
+    fast(torch.randn(1, 3, 64, 64))["last_feat"].square().mean().backward()
+    assert fast.blocks[-1].mlp.fc2.weight.grad.abs().sum() > 0
+    assert fast.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "expedite,message",
+    [
+        (dict(location=1, grid=5, k=1), "larger than the 4x4 window"),
+        (dict(location=4, grid=2, k=1), "location=4 is outside the blocks"),
+        (dict(location=1, grid=2, k=5), "above the cluster count 4"),
+        (dict(location=1, grid=(2, 3), k=1), "must be square"),
+    ],
+)
+def test_bad_settings_are_named(expedite, message):
+    with pytest.raises(ValueError, match=message):
+        ExpeditedViT(expedite=ExpediteConfig(**expedite), **TINY_VIT)
+
+
+def test_image_smaller_than_a_patch_is_named():
+    _, fast = tiny_pair(location=1, grid=2, k=2)
+    with pytest.raises(ValueError, match="8x40 pixels is smaller than one 16x16 ViT patch"):
+        fast(torch.randn(1, 3, 8, 40))
+
+
+CONFIGS = [
+    "mask_rcnn_vitdet_b_100ep", "mask_rcnn_vitdet_l_100ep", "mask_rcnn_vitdet_h_75ep",
+    "cascade_mask_rcnn_vitdet_b_100ep", "cascade_mask_rcnn_vitdet_l_100ep",
+    "cascade_mask_rcnn_vitdet_h_75ep",
+]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("enabled", [True, False])
+def test_state_dict_equals_the_official_checkpoint(fixtures_dir, name, enabled):
+    official = json.load(open(os.path.join(fixtures_dir, "vitdet_official.json")))["models"]
+    expected = official[f"projects/ViTDet/configs/COCO/{name}.py"]
+    cfg = LazyConfig.load(os.path.join(REPO, "configs", "ViTDet", "COCO", f"{name}.py"))
+    assert cfg.model.backbone.net.expedite.enabled  # every shipped config carries a preset
+    cfg.model.backbone.net.expedite.enabled = enabled
+    with skip_weight_init():
+        model = instantiate(cfg.model)
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(set(got) ^ set(expected)) == []
+    assert {k: v for k, v in got.items() if expected[k] != v} == {}
+
+
+def tiny_model_cfg(enabled):
+    cfg = LazyConfig.load(os.path.join(REPO, "tests", "configs_tiny", "tiny_vitdet_mask_rcnn.py"))
+    cfg.model.backbone.net._target_ = ExpeditedViT
+    cfg.model.backbone.net.expedite = L(ExpediteConfig)(enabled=enabled, location=1, grid=2, k=2)
+    return cfg.model
+
+
+def test_checkpoint_round_trip_model_zoo_pkl(tmp_path):
+    torch.manual_seed(0)
+    source = instantiate(tiny_model_cfg(enabled=False)).eval()
+    state = {k: v.numpy() for k, v in source.state_dict().items()}
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, f)
+
+    torch.manual_seed(1)
+    target = instantiate(tiny_model_cfg(enabled=True)).eval()
+    load_checkpoint(target, str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    image = torch.from_numpy(np.random.RandomState(0).randint(0, 255, (3, 96, 120)).astype("float32"))
+    with torch.no_grad():
+        out = target([{"image": image, "height": 96, "width": 120}])
+    assert "instances" in out[0]
+
+
+def test_checkpoint_with_missing_or_extra_keys_is_listed(tmp_path):
+    model = instantiate(tiny_model_cfg(enabled=True))
+    state = model.state_dict()
+    state.pop("backbone.net.blocks.0.attn.qkv.weight")
+    state["backbone.net.blocks.9.attn.qkv.weight"] = torch.zeros(3)
+    state["roi_heads.box_predictor.cls_score.bias"] = torch.zeros(81)
+    path = tmp_path / "other.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_checkpoint(model, str(path))
+    text = str(err.value)
+    assert "backbone.net.blocks.0.attn.qkv.weight" in text
+    assert "backbone.net.blocks.9.attn.qkv.weight" in text
+    assert "roi_heads.box_predictor.cls_score.bias: checkpoint (81,)" in text
