@@ -155,7 +155,7 @@ def cluster_tokens(
         centres: (G, h, w, C) in ``x.dtype``; centres of cells with no valid token are zero.
         context: what :func:`reconstruct_tokens` needs.
     """
-    groups, height, width, channels = x.shape
+    groups, height, width, channels = (int(d) for d in x.shape)
     grid_h, grid_w = grid
     if not (1 <= grid_h <= height and 1 <= grid_w <= width):
         raise ValueError(f"cluster grid {grid_h}x{grid_w} does not fit a {height}x{width} token map")
@@ -215,7 +215,7 @@ def reconstruct_tokens(
     Returns:
         (G, H, W, C) tokens in ``refined.dtype``.
     """
-    groups, grid_h, grid_w, channels = refined.shape
+    groups, grid_h, grid_w, channels = (int(d) for d in refined.shape)
     num_centres = grid_h * grid_w
     if context.centres.shape[:2] != (groups, num_centres):
         raise ValueError(

@@ -77,7 +77,8 @@ def cluster_windows(
         reduced: (B, H', W', C) with ``H' = reduced_length(H, window, h)`` (likewise W').
         state: for :func:`reconstruct_windows`.
     """
-    batch, height, width, _ = x.shape
+    # int(): under tracing (fvcore's flop count) shapes are tensors; the layout is static anyway.
+    batch, height, width = (int(d) for d in x.shape[:3])
     n_h, n_w = -(-height // window), -(-width // window)
     mask = torch.ones(batch, height, width, 1, dtype=x.dtype, device=x.device)
     padded = _partition(_pad_to(x, n_h * window, n_w * window), window, window)
