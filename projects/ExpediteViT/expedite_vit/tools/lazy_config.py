@@ -1,0 +1,155 @@
+"""Loading LazyConfig files with command-line overrides that must name existing keys.
+
+detectron2's ``LazyConfig.apply_overrides`` creates any key it is given, so a misspelt
+override (``expedite.locaton=3``) is silently ignored by the model and the run measures
+something other than what was asked. ``load_config`` checks every override key first.
+"""
+import difflib
+import inspect
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from detectron2.config import LazyConfig
+from detectron2.utils.registry import locate
+
+__all__ = [
+    "ConfigError",
+    "check_device",
+    "check_override_keys",
+    "default_evaluator_output_dir",
+    "load_config",
+    "split_override",
+]
+
+# Hydra's syntax for "this key is new on purpose" (``+key=value`` and ``++key=value``).
+_ADD_PREFIX = "+"
+
+
+class ConfigError(ValueError):
+    """A config (or an override of it) that cannot be used as given."""
+
+
+def split_override(override: str) -> Tuple[str, str, bool]:
+    """Split ``"a.b=value"`` into ``("a.b", "value", adds_key)``.
+
+    ``adds_key`` is True for ``+a.b=value``: the key may be new, and is not checked.
+    """
+    key, equals, value = override.partition("=")
+    if not equals or not key.strip():
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    key = key.strip()
+    adds_key = key.startswith(_ADD_PREFIX)
+    return key.lstrip(_ADD_PREFIX), value, adds_key
+
+
+def _target_parameters(node: DictConfig) -> List[str]:
+    """Keyword names accepted by the ``_target_`` of a LazyCall node.
+
+    A LazyCall node lists only the arguments its author set; the callable may take more
+    (e.g. ``COCOEvaluator(output_dir=...)``), and overriding those is legitimate.
+    """
+    if "_target_" not in node:
+        return []
+    target = node._target_
+    if isinstance(target, str):
+        target = locate(target)
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # builtins without an introspectable signature
+        return []
+    return [
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+
+
+def _unknown_key_error(key: str, parent: str, part: str, candidates: Sequence[str]) -> ConfigError:
+    message = f"unknown config key {key!r}"
+    if parent != key.rpartition(".")[0]:
+        # The typo is not in the last component: say which one.
+        message += f": {parent or 'the config root'!r} has no key {part!r}"
+    close = difflib.get_close_matches(part, candidates, n=1)
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    elif candidates:
+        message += f" (keys there: {', '.join(sorted(candidates))})"
+    return ConfigError(message + f"; write '+{key}=...' to add a new key on purpose")
+
+
+def _check_key_exists(cfg: DictConfig, key: str) -> None:
+    node = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        parent = ".".join(parts[:depth])
+        if isinstance(node, ListConfig):
+            if not (part.isdigit() and int(part) < len(node)):
+                raise ConfigError(
+                    f"unknown config key {key!r}: {parent!r} is a list of {len(node)} items, "
+                    f"{part!r} is not an index into it"
+                )
+        elif isinstance(node, DictConfig):
+            # keys() rather than `in`: `in` is False for mandatory "???" values.
+            existing = [str(k) for k in node.keys()]
+            is_last = depth == len(parts) - 1
+            accepted = existing + (_target_parameters(node) if is_last else [])
+            if part not in accepted:
+                raise _unknown_key_error(key, parent, part, accepted)
+            if is_last:
+                return
+        else:
+            raise ConfigError(
+                f"unknown config key {key!r}: {parent!r} is a value ({node!r}), not a config node"
+            )
+        # select() follows interpolations, so "${..x}" nodes are walked like the node they name.
+        node = OmegaConf.select(node, part, throw_on_missing=False)
+
+
+def check_override_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Raise ``ConfigError`` naming the first override whose key is not in ``cfg``.
+
+    A key exists if every component of its dotted path is a dict key or list index of the
+    node before it, or if the last component is a keyword of that node's LazyCall target.
+    Keys written as ``+a.b=value`` are taken as deliberately new and not checked.
+    """
+    for override in overrides:
+        key, _, adds_key = split_override(override)
+        if not adds_key:
+            _check_key_exists(cfg, key)
+
+
+def load_config(config_file: str, overrides: Optional[Sequence[str]] = None) -> DictConfig:
+    """``LazyConfig.load`` then ``LazyConfig.apply_overrides``, refusing unknown override keys."""
+    cfg = LazyConfig.load(config_file)
+    overrides = list(overrides or [])
+    check_override_keys(cfg, overrides)
+    # detectron2 without hydra would keep a leading "+" as part of the key; the check above
+    # has already handled what "+" means, so hand over plain key=value pairs.
+    plain_overrides = []
+    for override in overrides:
+        key, value, _ = split_override(override)
+        plain_overrides.append(f"{key}={value}")
+    return LazyConfig.apply_overrides(cfg, plain_overrides)
+
+
+def check_device(device: str) -> None:
+    """Fail early, with the fix in the message, when a CUDA device is asked for but absent."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={device!r} but CUDA is not available on this machine; "
+            "add the override train.device=cpu"
+        )
+
+
+def default_evaluator_output_dir(cfg: DictConfig) -> None:
+    """Point evaluators without an ``output_dir`` at ``cfg.train.output_dir``, in place.
+
+    Evaluators such as COCOEvaluator write their predictions only when given a directory;
+    keeping them next to the log and config makes each run self-contained.
+    """
+    evaluators = cfg.dataloader.evaluator
+    for evaluator in evaluators if isinstance(evaluators, ListConfig) else [evaluators]:
+        if "output_dir" in _target_parameters(evaluator) and evaluator.get("output_dir") is None:
+            evaluator.output_dir = cfg.train.output_dir

@@ -1,0 +1,232 @@
+"""Tests of train_net.py and expedite_vit.tools.lazy_config on a tiny CPU ViTDet Mask R-CNN."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig
+from PIL import Image
+
+from expedite_vit.tools.lazy_config import (
+    ConfigError,
+    check_device,
+    check_override_keys,
+    load_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_NET = REPO_ROOT / "train_net.py"
+TINY_CONFIG = REPO_ROOT / "tests" / "configs_tiny" / "tiny_vitdet_mask_rcnn.py"
+TINY_COCO_ENV = "EXPEDITE_TINY_COCO_DIR"
+IMAGE_SIZE = 128
+CATEGORIES = [{"id": i, "name": f"class_{i}"} for i in (1, 2, 3)]
+
+
+def _write_coco_split(dataset_dir, json_name, image_ids, rng):
+    """Noise images with two flat-coloured rectangles each, and their COCO annotations."""
+    images, annotations = [], []
+    for image_id in image_ids:
+        pixels = rng.integers(0, 60, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        for slot in range(2):
+            # One shape in each half of the image, so the two never overlap.
+            x0, y0 = int(rng.integers(4, 40)) + 60 * slot, int(rng.integers(4, 80))
+            side = int(rng.integers(16, 40))
+            x1, y1 = min(x0 + side, IMAGE_SIZE - 1), min(y0 + side, IMAGE_SIZE - 1)
+            pixels[y0:y1, x0:x1] = rng.integers(120, 255, size=3)
+            polygon = [x0, y0, x1, y0, x1, y1, x0, y1]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": CATEGORIES[(image_id + slot) % len(CATEGORIES)]["id"],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "segmentation": [polygon],
+                    "iscrowd": 0,
+                }
+            )
+        file_name = f"{image_id:04d}.png"
+        Image.fromarray(pixels).save(dataset_dir / "images" / file_name)
+        images.append(
+            {"id": image_id, "file_name": file_name, "height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        )
+    coco = {"images": images, "annotations": annotations, "categories": CATEGORIES}
+    (dataset_dir / json_name).write_text(json.dumps(coco))
+
+
+@pytest.fixture(scope="module")
+def tiny_coco_dir(tmp_path_factory):
+    """A synthetic COCO dataset in the layout the tiny config expects, named by the env var."""
+    dataset_dir = tmp_path_factory.mktemp("tiny_coco")
+    (dataset_dir / "images").mkdir()
+    rng = np.random.default_rng(0)
+    _write_coco_split(dataset_dir, "train.json", range(1, 5), rng)
+    _write_coco_split(dataset_dir, "val.json", range(5, 8), rng)
+    # Set for this process (in-process main()) and inherited by train_net.py subprocesses.
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(TINY_COCO_ENV, str(dataset_dir))
+        yield dataset_dir
+
+
+def run_train_net(*arguments):
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, str(TRAIN_NET), "--config-file", str(TINY_CONFIG), *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+# ---- override validation --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tiny_coco_dir):
+    return load_config(str(TINY_CONFIG))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.max_iter=3",
+        "model.backbone.net.depth=2",
+        "model.backbone.net.window_block_indexes.1=3",  # list index
+        "model.proposal_generator.anchor_generator.sizes.0.0=4",  # index into a nested list
+        "dataloader.evaluator.output_dir=/tmp/x",  # not set in the config; a COCOEvaluator kwarg
+        "+train.new_option=1",  # '+' adds a key on purpose
+    ],
+)
+def test_existing_override_keys_pass(tiny_cfg, override):
+    check_override_keys(tiny_cfg, [override])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "model.backbone.net.num_head=2",
+            "unknown config key 'model.backbone.net.num_head' (did you mean 'num_heads'?)",
+        ),
+        (
+            "model.backbon.net.depth=2",
+            "'model' has no key 'backbon' (did you mean 'backbone'?)",
+        ),
+        ("dataloader.evaluator.ouput_dir=/tmp/x", "(did you mean 'output_dir'?)"),
+        ("model.backbone.net.window_block_indexes.2=1", "is a list of 2 items"),
+        ("train.max_iter.steps=1", "'train.max_iter' is a value"),
+        ("train.max_iter", "is not of the form key=value"),
+    ],
+)
+def test_bad_override_keys_are_named(tiny_cfg, override, message):
+    with pytest.raises(ConfigError) as error:
+        check_override_keys(tiny_cfg, [override])
+    assert message in str(error.value)
+
+
+def test_load_config_applies_typed_values(tiny_coco_dir):
+    cfg = load_config(
+        str(TINY_CONFIG),
+        [
+            "train.max_iter=7",
+            "optimizer.lr=0.5",
+            "train.device=cpu",
+            "model.backbone.net.window_block_indexes=[1,3]",
+            "model.backbone.net.window_block_indexes.0=2",
+            "+train.note=hello",
+        ],
+    )
+    assert cfg.train.max_iter == 7 and isinstance(cfg.train.max_iter, int)
+    assert cfg.optimizer.lr == 0.5
+    assert cfg.train.device == "cpu"
+    assert list(cfg.model.backbone.net.window_block_indexes) == [2, 3]
+    assert cfg.train.note == "hello"
+
+
+def test_unknown_key_makes_train_net_exit_with_its_name(tiny_coco_dir):
+    result = run_train_net("--eval-only", "model.backbone.net.embed_dm=32")
+    assert result.returncode != 0
+    assert "unknown config key 'model.backbone.net.embed_dm'" in result.stderr
+    assert "did you mean 'embed_dim'?" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_suggests_cpu():
+    with pytest.raises(ConfigError, match="add the override train.device=cpu"):
+        check_device("cuda")
+    check_device("cpu")
+
+
+# ---- training, resuming and evaluating ------------------------------------------------
+
+
+def _import_train_net():
+    """train_net.py is a script at the repo root, not part of an installed package."""
+    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train_in_process(output_dir, max_iter, resume=False):
+    train_net = _import_train_net()
+    arguments = ["--config-file", str(TINY_CONFIG)] + (["--resume"] if resume else [])
+    arguments += [
+        f"train.output_dir={output_dir}",
+        f"train.max_iter={max_iter}",
+        "train.eval_period=0",  # evaluation is covered by the eval-only test
+        "train.checkpointer.period=100",
+    ]
+    train_net.main(train_net.default_argument_parser().parse_args(arguments))
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tiny_coco_dir, tmp_path_factory):
+    """Output directory of a 2-iteration training run."""
+    output_dir = tmp_path_factory.mktemp("train")
+    _train_in_process(output_dir, max_iter=2)
+    return output_dir
+
+
+def test_training_writes_final_checkpoint(trained_dir):
+    checkpoint = torch.load(trained_dir / "model_final.pth", weights_only=False)
+    assert checkpoint["iteration"] == 1  # iterations 0 and 1 ran
+    assert "optimizer" in checkpoint["trainer"]  # what --resume needs besides the weights
+    assert (trained_dir / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert (trained_dir / "metrics.json").exists()
+
+
+def test_resume_continues_from_checkpoint(trained_dir):
+    _train_in_process(trained_dir, max_iter=3, resume=True)
+    checkpoint = torch.load(trained_dir / "model_final.pth", weights_only=False)
+    assert checkpoint["iteration"] == 2  # only iteration 2 ran after resuming
+    assert "Starting training from iteration 2" in (trained_dir / "log.txt").read_text()
+
+
+def test_eval_only_end_to_end(trained_dir, tmp_path):
+    checkpoint = trained_dir / "model_final.pth"
+    result = run_train_net(
+        "--eval-only", f"train.output_dir={tmp_path}", f"train.init_checkpoint={checkpoint}"
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    results = json.loads((tmp_path / "metrics_eval.json").read_text())
+    for task in ("bbox", "segm"):
+        assert {"AP", "AP50", "AP75"} <= set(results[task])
+        assert f"copypaste: Task: {task}" in result.stdout  # print_csv_format, for scripts
+
+    saved_cfg = LazyConfig.load(str(tmp_path / "config.yaml"))
+    assert saved_cfg.train.init_checkpoint == str(checkpoint)
+    assert saved_cfg.dataloader.evaluator.output_dir == str(tmp_path)  # defaulted, and saved
+    log = (tmp_path / "log.txt").read_text()
+    assert "Total inference time" in log
+    assert f"Loading from {checkpoint}" in log
+    # The evaluator wrote its predictions next to the log (output_dir defaulted).
+    assert (tmp_path / "coco_instances_results.json").exists()
