@@ -27,7 +27,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from expedite_vit.tools.checkpoint import load_checkpoint
+from expedite_vit.checkpoint import load_checkpoint
 from expedite_vit.tools.lazy_config import (
     ConfigError,
     check_device,
@@ -87,6 +87,7 @@ def train(cfg, resume):
 
 def eval_only(cfg):
     model = instantiate(cfg.model).to(cfg.train.device)
+    logger.info("Model:\n%s", model)
     load_checkpoint(model, cfg.train.init_checkpoint)
     results = evaluate(cfg, model)
     if comm.is_main_process():

@@ -210,12 +210,15 @@ def test_resume_continues_from_checkpoint(trained_dir):
     assert "Starting training from iteration 2" in (trained_dir / "log.txt").read_text()
 
 
-def test_eval_only_end_to_end(trained_dir, tmp_path):
+@pytest.mark.parametrize("expedite", ["model.backbone.net.expedite.enabled=False", "model.backbone.net.expedite.grid=3"])
+def test_eval_only_end_to_end(trained_dir, tmp_path, expedite):
     checkpoint = trained_dir / "model_final.pth"
     result = run_train_net(
-        "--eval-only", f"train.output_dir={tmp_path}", f"train.init_checkpoint={checkpoint}"
+        "--eval-only", f"train.output_dir={tmp_path}", f"train.init_checkpoint={checkpoint}", expedite
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    expected_layer = "" if "False" in expedite else "TokenClusteringLayer(window=4, grid=(3, 3)"
+    assert expected_layer in (tmp_path / "log.txt").read_text()  # the model is printed there
 
     results = json.loads((tmp_path / "metrics_eval.json").read_text())
     for task in ("bbox", "segm"):

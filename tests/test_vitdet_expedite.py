@@ -6,7 +6,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import ViT
 
@@ -128,8 +127,8 @@ def test_state_dict_equals_the_official_checkpoint(fixtures_dir, name, enabled):
 
 def tiny_model_cfg(enabled):
     cfg = LazyConfig.load(os.path.join(REPO, "tests", "configs_tiny", "tiny_vitdet_mask_rcnn.py"))
-    cfg.model.backbone.net._target_ = ExpeditedViT
-    cfg.model.backbone.net.expedite = L(ExpediteConfig)(enabled=enabled, location=1, grid=2, k=2)
+    assert cfg.model.backbone.net._target_ is ExpeditedViT
+    cfg.model.backbone.net.expedite.enabled = enabled
     return cfg.model
 
 
