@@ -8,9 +8,11 @@ local soft k-means; reconstruction rebuilds the ``H x W`` map from centres refin
 each token taking its ``k`` most similar clusters as measured at clustering time.
 
 Locality: token ``n`` may only join the centres within ``radius`` grid cells of its own cell (the
-cell of the ``h x w`` grid it falls in). Tokens that share a cell share their candidate centres, so
-the distances are computed cell by cell as small matrix products, ``O(N * (2r+1)^2 * C)``, never as a
-masked dense ``N x M`` matrix.
+cell of the ``h x w`` grid it falls in). The grid is cut into tiles of ``TILE x TILE`` cells; the
+tokens of a tile are compared, in one matrix product, with the centres of the tile and its
+``radius``-wide halo, and each token's logits are masked to its own ``(2r+1)^2`` window. The cost
+is ``O(N * (TILE + 2r)^2 * C)``: linear in the number of tokens, never a dense ``N x M`` matrix. A
+per-window grid (7x7, 8x8) is a single tile, so windowed hosts do one batched product per round.
 
 Both layers compute in float32 (also under autocast) and return the input dtype.
 """
@@ -30,21 +32,29 @@ _NEG_LARGE = torch.finfo(torch.float32).min
 _POS_LARGE = torch.finfo(torch.float32).max
 
 
+# Side of a tile, in grid cells. Larger tiles mean fewer, bigger matrix products but more
+# masked-out comparisons ((TILE + 2r)^2 per token instead of (2r+1)^2).
+TILE = 8
+
+
 @dataclass(frozen=True)
 class GridLayout:
-    """Static index tables tying an ``H x W`` token map to an ``h x w`` centre grid.
+    """Static index tables tying an ``H x W`` token map to an ``h x w`` centre grid, by tiles.
 
     Attributes:
-        members: (M, P) token indices of each cell, padded with ``N`` (a dummy token).
-        candidates: (M, K) centre indices each cell's tokens may join, padded with ``M``.
-        contributors: (M, K) for centre ``m``, the flat index ``cell * K + slot`` of each
-            (cell, candidate slot) pair that points at ``m``, padded with ``M * K``. It inverts
-            ``candidates`` so that centre updates are gathers (deterministic), not scatter-adds.
+        members: (T, P) token indices of each tile, padded with ``N`` (a dummy token).
+        candidates: (T, K) centres in each tile and its halo; padding slots hold centre 0 and are
+            never allowed.
+        allowed: (T, P, K) bool, True where the candidate lies within the token's locality window.
+        sources: (M, S) flat indices ``tile * K + slot`` of every slot holding centre ``m``,
+            padded with ``T * K``. Centre updates gather these (deterministic) instead of
+            scatter-adding.
     """
 
     members: torch.Tensor
     candidates: torch.Tensor
-    contributors: torch.Tensor
+    allowed: torch.Tensor
+    sources: torch.Tensor
 
 
 def _cell_of_position(size: int, cells: int) -> torch.Tensor:
@@ -52,39 +62,44 @@ def _cell_of_position(size: int, cells: int) -> torch.Tensor:
     return ((2 * torch.arange(size) + 1) * cells) // (2 * size)
 
 
+def _pad_rows(rows, pad_value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [pad_value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
 @functools.lru_cache(maxsize=64)
 def _grid_layout_cpu(height: int, width: int, grid_h: int, grid_w: int, radius: int) -> GridLayout:
     num_tokens, num_cells = height * width, grid_h * grid_w
-    cell_rows = _cell_of_position(height, grid_h)
-    cell_cols = _cell_of_position(width, grid_w)
-    token_cell = (cell_rows[:, None] * grid_w + cell_cols[None, :]).flatten()
+    token_row = _cell_of_position(height, grid_h).repeat_interleave(width)
+    token_col = _cell_of_position(width, grid_w).repeat(height)
+    tiles_h, tiles_w = -(-grid_h // TILE), -(-grid_w // TILE)
+    token_tile = (token_row // TILE) * tiles_w + token_col // TILE
 
-    cell_sizes = torch.bincount(token_cell, minlength=num_cells)
-    max_members = int(cell_sizes.max())
-    order = torch.argsort(token_cell, stable=True)
-    starts = torch.cumsum(cell_sizes, 0) - cell_sizes
-    slot = torch.arange(num_tokens) - starts[token_cell[order]]
-    members = torch.full((num_cells, max_members), num_tokens, dtype=torch.long)
-    members[token_cell[order], slot] = order
+    members, candidates = [], []
+    for tile in range(tiles_h * tiles_w):
+        row0, col0 = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
+        members.append(torch.nonzero(token_tile == tile).flatten().tolist())
+        rows = range(max(row0 - radius, 0), min(row0 + TILE + radius, grid_h))
+        cols = range(max(col0 - radius, 0), min(col0 + TILE + radius, grid_w))
+        candidates.append([r * grid_w + c for r in rows for c in cols])
+    members = _pad_rows(members, num_tokens)
+    candidates = _pad_rows(candidates, num_cells)
 
-    offsets = torch.arange(-radius, radius + 1)
-    off_r, off_c = torch.meshgrid(offsets, offsets, indexing="ij")
-    off_r, off_c = off_r.flatten(), off_c.flatten()  # (K,)
-    rows = torch.arange(grid_h).repeat_interleave(grid_w)
-    cols = torch.arange(grid_w).repeat(grid_h)
-    cand_r = rows[:, None] + off_r[None, :]
-    cand_c = cols[:, None] + off_c[None, :]
-    inside = (cand_r >= 0) & (cand_r < grid_h) & (cand_c >= 0) & (cand_c < grid_w)
-    candidates = torch.where(inside, cand_r * grid_w + cand_c, torch.full_like(cand_r, num_cells))
+    member_valid = members < num_tokens
+    cand_valid = candidates < num_cells
+    safe_members = members.clamp(max=num_tokens - 1)
+    safe_cands = candidates.clamp(max=num_cells - 1)
+    row_gap = (token_row[safe_members][:, :, None] - (safe_cands // grid_w)[:, None, :]).abs()
+    col_gap = (token_col[safe_members][:, :, None] - (safe_cands % grid_w)[:, None, :]).abs()
+    allowed = (row_gap <= radius) & (col_gap <= radius)
+    allowed &= member_valid[:, :, None] & cand_valid[:, None, :]
 
-    # Centre m is candidate slot k of cell (m - offset_k), when that cell exists.
-    num_slots = off_r.numel()
-    src_r = rows[:, None] - off_r[None, :]
-    src_c = cols[:, None] - off_c[None, :]
-    src_inside = (src_r >= 0) & (src_r < grid_h) & (src_c >= 0) & (src_c < grid_w)
-    flat = (src_r * grid_w + src_c) * num_slots + torch.arange(num_slots)[None, :]
-    contributors = torch.where(src_inside, flat, torch.full_like(flat, num_cells * num_slots))
-    return GridLayout(members, candidates, contributors)
+    slots_of_centre = [[] for _ in range(num_cells)]
+    for flat, centre in enumerate(candidates.flatten().tolist()):
+        if centre < num_cells:
+            slots_of_centre[centre].append(flat)
+    sources = _pad_rows(slots_of_centre, candidates.numel())
+    return GridLayout(members, safe_cands, allowed, sources)
 
 
 def grid_layout(
@@ -92,7 +107,7 @@ def grid_layout(
 ) -> GridLayout:
     """Index tables for clustering an ``height x width`` map to ``grid_h x grid_w`` (cached)."""
     layout = _grid_layout_cpu(height, width, grid_h, grid_w, radius)
-    return GridLayout(*(t.to(device) for t in (layout.members, layout.candidates, layout.contributors)))
+    return GridLayout(*(t.to(device) for t in (layout.members, layout.candidates, layout.allowed, layout.sources)))
 
 
 @dataclass
@@ -168,21 +183,30 @@ def cluster_tokens(
         tokens = x32.reshape(groups, height * width, channels)
         layout = grid_layout(height, width, grid_h, grid_w, radius, x.device)
 
-        member_tokens = _pad_one(tokens)[:, layout.members]  # (G, M, P, C)
-        member_weight = _pad_one(token_mask.reshape(groups, -1).float())[:, layout.members]  # (G, M, P)
+        member_tokens = _pad_one(tokens)[:, layout.members]  # (G, T, P, C)
+        member_weight = _pad_one(token_mask.reshape(groups, -1).float())[:, layout.members]  # (G, T, P)
+        member_weight = member_weight.unsqueeze(-1)
+        # Padded candidate slots point at centre 0 and are blocked here, like invalid centres.
+        blocked = ~(layout.allowed & centre_valid[:, layout.candidates].unsqueeze(2))  # (G, T, P, K)
+        tiles, slots = layout.candidates.shape
+        flat_members = member_tokens.flatten(0, 1)  # (G*T, P, C)
         for _ in range(n_iters):
             # Assignments carry no gradient (as in Expedit); centres stay differentiable in x.
             with torch.no_grad():
-                candidate_centres = _pad_one(centres)[:, layout.candidates]  # (G, M, K, C)
-                candidate_valid = _pad_one(centre_valid)[:, layout.candidates]  # (G, M, K)
-                logits = -temperature * _squared_distances(member_tokens, candidate_centres)
-                logits = logits.masked_fill(~candidate_valid.unsqueeze(2), _NEG_LARGE)
-                assign = torch.softmax(logits, dim=-1) * member_weight.unsqueeze(-1)  # (G, M, P, K)
-            # Each (cell, slot) adds its tokens' weighted sum to the centre in that slot.
-            sums = assign.transpose(-1, -2) @ member_tokens  # (G, M, K, C)
-            mass = assign.sum(2)  # (G, M, K)
-            sums = _pad_one(sums.flatten(1, 2))[:, layout.contributors].sum(2)  # (G, M, C)
-            mass = _pad_one(mass.flatten(1, 2))[:, layout.contributors].sum(2)  # (G, M)
+                candidate_centres = centres[:, layout.candidates].flatten(0, 1)  # (G*T, K, C)
+                # -t * |x - c|^2 up to the per-token |x|^2, which softmax ignores.
+                logits = torch.baddbmm(
+                    -temperature * candidate_centres.pow(2).sum(-1).unsqueeze(1),
+                    flat_members,
+                    candidate_centres.transpose(1, 2),
+                    alpha=2 * temperature,
+                ).view(groups, tiles, -1, slots)
+                assign = torch.softmax(logits.masked_fill_(blocked, _NEG_LARGE), dim=-1) * member_weight
+            # Each (tile, slot) adds its tokens' weighted sum to the centre in that slot.
+            sums = assign.transpose(-1, -2) @ member_tokens  # (G, T, K, C)
+            mass = assign.sum(2)  # (G, T, K)
+            sums = _pad_one(sums.flatten(1, 2))[:, layout.sources].sum(2)  # (G, M, C)
+            mass = _pad_one(mass.flatten(1, 2))[:, layout.sources].sum(2)  # (G, M)
             centres = torch.where(
                 (mass > 0).unsqueeze(-1), sums / mass.clamp_min(1e-12).unsqueeze(-1), centres
             )
