@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""
+Run a LazyConfig model (e.g. expedited ViTDet) on images or a video and draw its predictions.
+
+With --compare, each output shows three panels side by side: the baseline's predictions (token
+reduction off), the expedited model's, and the token clusters (every patch coloured by the
+cluster it was merged into), so one sees what the method did and what it changed.
+
+Usage:
+    python demo/demo.py --config-file configs/ViTDet/COCO/mask_rcnn_vitdet_b_100ep.py \\
+        --input photos/*.jpg --output out/ --compare train.init_checkpoint=model_final.pkl
+    python demo/demo.py --config-file CONFIG --video-input clip.mp4 --output clip_pred.mp4 \\
+        train.init_checkpoint=model_final.pkl
+
+Existing output files are never replaced unless --overwrite is given.
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import Dict, Iterator, List
+
+import cv2
+import numpy as np
+import torch
+import tqdm
+from detectron2.data import MetadataCatalog
+from detectron2.utils.logger import setup_logger
+
+from expedite_vit.benchmark.fidelity import OutputRecorder
+from expedite_vit.benchmark.inputs import (
+    ImageInputError,
+    expand_image_paths,
+    load_image,
+    model_input_format,
+    predictor_input,
+    split_trailing_overrides,
+    inference_augmentations,
+)
+from expedite_vit.benchmark.models import build_model, build_model_pair, token_reduction_modules
+from expedite_vit.checkpoint import CheckpointMismatchError
+from expedite_vit.tools.lazy_config import ConfigError, load_config
+from expedite_vit.visualization import (
+    add_caption,
+    cluster_labels,
+    draw_predictions,
+    draw_token_clusters,
+    side_by_side,
+    to_rgb,
+)
+
+logger = logging.getLogger("expedite_vit.demo")
+
+# Containers OpenCV's stock builds can write, and the codec for each.
+VIDEO_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=os.path.basename(__file__),
+        description=__doc__.strip().split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--config-file", required=True, metavar="FILE", help="LazyConfig of the model")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files or globs, e.g. 'photos/*.jpg'")
+    source.add_argument("--video-input", metavar="FILE", help="a video file")
+    add("--output", required=True, help="output folder (created if needed), or file for one image or a video")
+    add("--confidence-threshold", type=float, default=0.5, help="minimum score of drawn instances")
+    add("--compare", action="store_true", help="baseline | expedited | token clusters, side by side")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    add("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides, key=value")
+    args = parser.parse_args(argv)
+    if args.input:
+        args.input, trailing_opts = split_trailing_overrides(args.input)
+        args.opts = trailing_opts + args.opts
+    args.opts = [o for o in args.opts if o != "--"]
+    return parser, args
+
+
+def _writable_folder(folder: str) -> str:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"output {folder!r} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise PermissionError(f"cannot create output folder {folder!r}: {error.strerror}") from error
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"output folder {folder!r} is not writable")
+    return folder
+
+
+def _check_new_file(path: str, source: str, overwrite: bool) -> str:
+    """``path`` if the drawing of ``source`` may be written there."""
+    if os.path.abspath(path) == os.path.abspath(source):
+        raise ValueError(f"the output {path!r} is the input itself; choose another --output")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"output file {path!r} exists; pass --overwrite to replace it")
+    _writable_folder(os.path.dirname(os.path.abspath(path)))
+    return path
+
+
+def image_output_paths(inputs: List[str], output: str, overwrite: bool) -> List[str]:
+    """Where each input's drawing goes: ``output`` itself for one input given as a file name,
+    else ``output/<input name>`` (as PNG when OpenCV cannot write the input's format)."""
+    names_a_file = bool(os.path.splitext(output)[1]) and not os.path.isdir(output)
+    if names_a_file and cv2.haveImageWriter(output):
+        if len(inputs) > 1:
+            raise ValueError(f"{len(inputs)} inputs need --output to be a folder, not the file {output!r}")
+        return [_check_new_file(output, inputs[0], overwrite)]
+    if names_a_file and len(inputs) == 1:
+        raise ValueError(f"cannot write images of type {os.path.splitext(output)[1]!r}: {output!r}")
+    _writable_folder(output)
+    paths = []
+    for source in inputs:
+        name = os.path.basename(source)
+        if not cv2.haveImageWriter(name):
+            name = os.path.splitext(name)[0] + ".png"
+        path = os.path.join(output, name)
+        if path in paths:
+            raise ValueError(f"two inputs would both be written to {path!r} (e.g. {source!r}); rename one")
+        paths.append(_check_new_file(path, source, overwrite))
+    return paths
+
+
+def video_output_path(video: str, output: str, overwrite: bool) -> str:
+    """``output`` if it names a video file, else ``output/<video name>.mp4``."""
+    extension = os.path.splitext(output)[1].lower()
+    if not extension or os.path.isdir(output):
+        path = os.path.join(_writable_folder(output), os.path.splitext(os.path.basename(video))[0] + ".mp4")
+    elif extension in VIDEO_FOURCC:
+        path = output
+    else:
+        raise ValueError(f"cannot write {extension!r} videos ({output!r}); use one of {sorted(VIDEO_FOURCC)}")
+    return _check_new_file(path, video, overwrite)
+
+
+def dataset_metadata(cfg):
+    """Metadata (class names, colours) of the config's test dataset, for drawing."""
+    names = cfg.dataloader.test.dataset.get("names") if "dataloader" in cfg else None
+    name = names if isinstance(names, str) else (names[0] if names else "__unused")
+    return MetadataCatalog.get(name)
+
+
+class DemoRenderer:
+    """Runs the model(s) on an image like detectron2's predictor and draws the result."""
+
+    def __init__(self, cfg, device: str, compare: bool, confidence_threshold: float):
+        if compare:
+            baseline, expedited = build_model_pair(cfg, device)
+            clustering = token_reduction_modules(expedited, "token_clustering")
+            if not clustering:
+                raise ConfigError(
+                    "--compare needs token reduction on in the config "
+                    "(e.g. model.backbone.net.expedite.enabled=True)"
+                )
+            self.models = {"baseline": baseline, "expedited": expedited}
+            self.clustering = clustering[sorted(clustering)[0]]  # the first clustering layer
+        else:
+            self.models = {"model": build_model(cfg, device)}
+        model = next(iter(self.models.values()))
+        self.input_format = model_input_format(model, cfg)
+        self.augmentations = inference_augmentations(cfg)
+        self.metadata = dataset_metadata(cfg)
+        self.confidence_threshold = confidence_threshold
+
+    def _draw(self, image_rgb: np.ndarray, predictions: Dict) -> np.ndarray:
+        return draw_predictions(image_rgb, predictions, self.metadata, self.confidence_threshold)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """An HWC uint8 image in the model's input format -> the RGB drawing."""
+        model_input = predictor_input(image, self.augmentations)
+        image_rgb = to_rgb(image, self.input_format)
+        if "model" in self.models:
+            return self._draw(image_rgb, self.models["model"]([model_input])[0])
+
+        baseline = self.models["baseline"]([model_input])[0]
+        expedited_model = self.models["expedited"]
+        with OutputRecorder({"clustering": self.clustering}) as recorder:
+            expedited = expedited_model([model_input])[0]
+        _, state = recorder.outputs["clustering"]
+        padded_size = expedited_model.preprocess_image([model_input]).tensor.shape[-2:]
+        clusters = draw_token_clusters(
+            image_rgb, cluster_labels(state), model_input["image"].shape[-2:], padded_size
+        )
+        grid = "x".join(map(str, state.grid))
+        return side_by_side(
+            [
+                add_caption(self._draw(image_rgb, baseline), "baseline"),
+                add_caption(self._draw(image_rgb, expedited), "expedited"),
+                add_caption(clusters, f"token clusters ({grid} per {state.window}x{state.window} window)"),
+            ]
+        )
+
+
+def write_image(path: str, image_rgb: np.ndarray) -> None:
+    if not cv2.imwrite(path, image_rgb[:, :, ::-1]):
+        raise OSError(f"could not write {path!r}")
+
+
+def run_images(renderer: DemoRenderer, inputs: List[str], outputs: List[str]) -> None:
+    pairs = list(zip(inputs, outputs))
+    for input_path, output_path in tqdm.tqdm(pairs, desc="images", disable=len(pairs) == 1):
+        write_image(output_path, renderer(load_image(input_path, renderer.input_format)))
+        logger.info(f"{input_path} -> {output_path}")
+
+
+def video_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield frame
+
+
+def run_video(renderer: DemoRenderer, video: str, output: str) -> None:
+    capture = cv2.VideoCapture(video)
+    if not capture.isOpened():
+        raise ImageInputError(f"cannot open video {video!r}")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer = None
+    try:
+        for frame in tqdm.tqdm(video_frames(capture), total=total, desc="frames"):
+            drawn = renderer(frame if renderer.input_format == "BGR" else frame[:, :, ::-1])
+            if writer is None:  # --compare frames are wider than the input: size from the first
+                fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC[os.path.splitext(output)[1].lower()])
+                writer = cv2.VideoWriter(output, fourcc, fps, (drawn.shape[1], drawn.shape[0]))
+                if not writer.isOpened():
+                    raise OSError(f"could not open {output!r} for writing a video")
+            writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if writer is None:
+        raise ImageInputError(f"no frame could be read from video {video!r}")
+    logger.info(f"{video} -> {output}")
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
+    setup_logger(name="expedite_vit")
+    setup_logger()  # detectron2's messages (checkpoint loading)
+    # Everything that can be checked before the (slow) model build is checked first.
+    try:
+        if not os.path.isfile(args.config_file):
+            raise FileNotFoundError(f"config file {args.config_file!r} does not exist")
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device} but CUDA is not available; use --device cpu")
+        if args.input:
+            inputs = expand_image_paths(args.input)
+            outputs = image_output_paths(inputs, args.output, args.overwrite)
+        else:
+            if not os.path.isfile(args.video_input):
+                raise FileNotFoundError(f"video file {args.video_input!r} does not exist")
+            video_output = video_output_path(args.video_input, args.output, args.overwrite)
+        cfg = load_config(args.config_file, args.opts)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+
+    try:
+        renderer = DemoRenderer(cfg, args.device, args.compare, args.confidence_threshold)
+        if args.input:
+            run_images(renderer, inputs, outputs)
+        else:
+            run_video(renderer, args.video_input, video_output)
+    except (ConfigError, ImageInputError, CheckpointMismatchError, OSError) as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

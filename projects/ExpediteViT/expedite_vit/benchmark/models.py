@@ -1,0 +1,123 @@
+"""The baseline and the expedited model from one LazyConfig, with the same weights.
+
+The config's ``expedite`` nodes (e.g. ``model.backbone.net.expedite``) describe the expedited
+model as given, command-line overrides included; the baseline is the same config with every
+``expedite`` node disabled. Token reduction has no parameters, so one checkpoint serves both.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+from detectron2.config import instantiate
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+
+from ..checkpoint import load_checkpoint
+from ..tools.lazy_config import ConfigError
+
+__all__ = [
+    "backbone_modules",
+    "build_model",
+    "build_model_pair",
+    "checkpoint_path",
+    "expedite_nodes",
+    "token_reduction_modules",
+    "with_expedite_disabled",
+]
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = (
+    "\n" + "!" * 88 + "\n"
+    "!! train.init_checkpoint is empty: the models have RANDOM WEIGHTS.\n"
+    "!! Speed and FLOPs are still meaningful; accuracy and agreement numbers are not.\n"
+    "!! Pass train.init_checkpoint=PATH (a trained model_final.pth or .pkl) for real predictions.\n"
+    + "!" * 88
+)
+
+
+def expedite_nodes(node, path: str = "model") -> List[Tuple[str, DictConfig]]:
+    """Every ``expedite`` settings node under ``node``, with its dotted path."""
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node.get(key)
+            child_path = f"{path}.{key}"
+            if key == "expedite" and isinstance(child, DictConfig):
+                found.append((child_path, child))
+            else:
+                found.extend(expedite_nodes(child, child_path))
+    elif isinstance(node, ListConfig):
+        for index, child in enumerate(node):
+            found.extend(expedite_nodes(child, f"{path}.{index}"))
+    return found
+
+
+def with_expedite_disabled(model_cfg: DictConfig) -> DictConfig:
+    """A copy of ``model_cfg`` with token reduction off everywhere: the host model."""
+    baseline = copy.deepcopy(model_cfg)
+    nodes = expedite_nodes(baseline)
+    if not nodes:
+        raise ConfigError(
+            "the config's model has no 'expedite' node (e.g. model.backbone.net.expedite): "
+            "there is no expedited model to compare with the baseline"
+        )
+    for _, node in nodes:
+        node.enabled = False
+    return baseline
+
+
+def checkpoint_path(cfg: DictConfig) -> str:
+    """``train.init_checkpoint``, or "" when the config names none."""
+    return (cfg.get("train") or {}).get("init_checkpoint", "") or ""
+
+
+def build_model(cfg: DictConfig, device: str, model_cfg: Optional[DictConfig] = None) -> nn.Module:
+    """``model_cfg`` (default ``cfg.model``) in eval mode on ``device``, with the weights of
+    ``train.init_checkpoint`` loaded strictly; loudly random when there is no checkpoint."""
+    path = checkpoint_path(cfg)
+    # URLs and detectron2:// names are fetched by the checkpointer; a local file is checked here,
+    # before the model is built, with a clearer message than the checkpointer's assertion.
+    if path and "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} (train.init_checkpoint) does not exist")
+    model = instantiate(model_cfg if model_cfg is not None else cfg.model).to(device).eval()
+    if path:
+        load_checkpoint(model, path, strict=True)
+    else:
+        logger.warning(RANDOM_WEIGHTS_WARNING)
+    return model
+
+
+def build_model_pair(cfg: DictConfig, device: str) -> Tuple[nn.Module, nn.Module]:
+    """(baseline, expedited): the config's model with token reduction off, and as configured.
+
+    The expedited model takes the baseline's parameter tensors themselves (``assign=True``), so
+    both run on the same weights and the weights are held in memory once.
+    """
+    baseline = build_model(cfg, device, with_expedite_disabled(cfg.model))
+    if not any(node.get("enabled", True) for _, node in expedite_nodes(cfg.model)):
+        logger.warning("token reduction is disabled in the config: the expedited model is the baseline")
+    expedited = instantiate(cfg.model).to(device).eval()
+    expedited.load_state_dict(baseline.state_dict(), strict=True, assign=True)
+    return baseline, expedited
+
+
+def backbone_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    """The model's transformer backbone as "backbone" and, when it sits inside a feature pyramid
+    (ViTDet's SimpleFeaturePyramid keeps the ViT as ``net``), the pyramid as "backbone_with_pyramid"."""
+    if not hasattr(model, "backbone"):
+        raise TypeError(f"{type(model).__name__} has no 'backbone' submodule to benchmark")
+    pyramid = model.backbone
+    net = getattr(pyramid, "net", None)
+    if isinstance(net, nn.Module):
+        return {"backbone": net, "backbone_with_pyramid": pyramid}
+    return {"backbone": pyramid}
+
+
+def token_reduction_modules(module: nn.Module, kind: str) -> Dict[str, nn.Module]:
+    """Submodules named ``kind`` ("token_clustering" or "token_reconstruction"), by full name."""
+    return {name: m for name, m in module.named_modules() if name.split(".")[-1] == kind}
+

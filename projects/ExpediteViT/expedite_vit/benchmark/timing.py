@@ -1,0 +1,188 @@
+"""Latency, per-submodule time and peak memory of forward passes, on CPU or CUDA.
+
+CUDA kernels run asynchronously, so every clock reading is preceded by a synchronisation;
+otherwise a timer measures only how fast Python queues kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import defaultdict
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "PeakMemory",
+    "SubmoduleTimer",
+    "latency_summary",
+    "synchronize",
+    "time_interleaved",
+]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latency_summary(seconds: Sequence[float]) -> Dict[str, float]:
+    """Median, p90 and mean of per-call times, in milliseconds."""
+    if not seconds:
+        raise ValueError("no timed iterations (iters must be at least 1)")
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "iters": len(ms),
+    }
+
+
+def time_interleaved(
+    calls: Mapping[str, Callable[[int], object]],
+    num_inputs: int,
+    warmup: int,
+    iters: int,
+    device: torch.device,
+) -> Dict[str, List[float]]:
+    """Seconds per call of each ``calls[name](input_index)``, inputs taken in turn.
+
+    The calls alternate within each iteration, so a slowdown of the machine (other processes,
+    clock changes) hits all of them alike instead of biasing whichever ran last.
+    """
+    for iteration in range(warmup):
+        for call in calls.values():
+            call(iteration % num_inputs)
+    times = {name: [] for name in calls}
+    for iteration in range(iters):
+        for name, call in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            call(iteration % num_inputs)
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+class SubmoduleTimer:
+    """Total seconds spent in named submodules, measured by forward hooks with synchronisation.
+
+    The synchronisations slow a CUDA forward down a little, so use it in a pass of its own, not
+    in the pass that measures the headline latency.
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module], device: torch.device):
+        self.modules = dict(modules)
+        self.device = device
+        self.seconds: Dict[str, float] = defaultdict(float)
+        self._started: Dict[str, float] = {}
+        self._handles = []
+
+    def _pre_hook(self, name: str):
+        def hook(module, args):
+            synchronize(self.device)
+            self._started[name] = time.perf_counter()
+
+        return hook
+
+    def _post_hook(self, name: str):
+        def hook(module, args, output):
+            synchronize(self.device)
+            self.seconds[name] += time.perf_counter() - self._started.pop(name)
+
+        return hook
+
+    def __enter__(self) -> "SubmoduleTimer":
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            self._handles.append(module.register_forward_hook(self._post_hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _current_rss_bytes() -> Optional[int]:
+    """Resident memory of this process now: psutil if installed, else Linux's /proc."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return psutil.Process().memory_info().rss
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+class PeakMemory:
+    """Largest extra memory that a measured call needed, above what was held before it (weights
+    and inputs are therefore excluded).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (exact, tensors only). CPU: the process's resident
+    memory sampled every millisecond from a thread (torch ops release the GIL); the ru_maxrss
+    high-water mark of ``resource`` is not used because it never goes down, so it could not tell
+    a second model's peak from the first's.
+    """
+
+    SAMPLE_SECONDS = 0.001
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes: Optional[int] = 0
+        if device.type == "cuda":
+            self.method = "torch.cuda.max_memory_allocated above the allocation before the forward"
+        elif _current_rss_bytes() is not None:
+            self.method = "peak resident memory (RSS, sampled every 1 ms) above the RSS before the forward"
+        else:
+            self.method = "unavailable (no CUDA, no psutil, no /proc on this system)"
+            self.peak_bytes = None
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        if self.peak_bytes is None:
+            yield
+        elif self.device.type == "cuda":
+            synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield
+            synchronize(self.device)
+            self._record(torch.cuda.max_memory_allocated(self.device) - before)
+        else:
+            yield from self._sample_rss()
+
+    def _sample_rss(self) -> Iterator[None]:
+        before = _current_rss_bytes()
+        peak = [before]
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(self.SAMPLE_SECONDS):
+                peak[0] = max(peak[0], _current_rss_bytes())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield
+        finally:
+            done.set()
+            sampler.join()
+        self._record(max(peak[0], _current_rss_bytes()) - before)
+
+    def _record(self, extra_bytes: int) -> None:
+        self.peak_bytes = max(self.peak_bytes, extra_bytes)
+
+    @property
+    def peak_mib(self) -> Optional[float]:
+        return None if self.peak_bytes is None else self.peak_bytes / 2**20

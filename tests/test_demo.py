@@ -1,0 +1,193 @@
+"""demo/demo.py and expedite_vit.visualization on the tiny ViTDet config with random weights."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.config import instantiate
+from skimage import data
+
+from expedite import cluster_windows
+from expedite_vit.tools.lazy_config import load_config
+from expedite_vit.visualization import cluster_labels, draw_token_clusters, side_by_side
+from test_train_net import REPO_ROOT, TINY_CONFIG
+
+DEMO = REPO_ROOT / "demo" / "demo.py"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("demo_script", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Random weights of the tiny model, saved as a detectron2 checkpoint."""
+    torch.manual_seed(0)
+    model = instantiate(load_config(str(TINY_CONFIG)).model)
+    path = tmp_path_factory.mktemp("weights") / "random.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A colour photograph (JPEG) and a grayscale one (single-channel PNG)."""
+    folder = tmp_path_factory.mktemp("images")
+    colour, gray = folder / "astronaut.jpg", folder / "camera.png"
+    cv2.imwrite(str(colour), cv2.resize(data.astronaut(), (160, 120))[:, :, ::-1])
+    cv2.imwrite(str(gray), cv2.resize(data.camera(), (96, 128)))
+    return colour, gray
+
+
+def demo_args(checkpoint, *args):
+    # Threshold 0: random weights score low, and the drawing must show something.
+    return ["--config-file", str(TINY_CONFIG), "--device", "cpu", "--confidence-threshold", "0", *args,
+            f"train.init_checkpoint={checkpoint}"]
+
+
+def read_rgb(path):
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image is not None, f"{path} was not written as an image"
+    return image[:, :, ::-1].astype(np.float32)
+
+
+def test_draws_on_colour_and_grayscale_images(demo, checkpoint, images, tmp_path):
+    colour, gray = images
+    out = tmp_path / "out"
+    assert demo.main(demo_args(checkpoint, "--input", str(colour), str(gray), "--output", str(out))) == 0
+    for source in (colour, gray):
+        drawn, original = read_rgb(out / source.name), read_rgb(source)
+        assert drawn.shape == original.shape  # grayscale comes back with 3 channels
+        assert np.abs(drawn - original).mean() > 1.0  # predictions were drawn
+
+
+def test_compare_draws_three_panels(demo, checkpoint, images, tmp_path):
+    colour, _ = images
+    out = tmp_path / "compare.png"
+    assert demo.main(demo_args(checkpoint, "--compare", "--input", str(colour), "--output", str(out))) == 0
+    panels, original = read_rgb(out), read_rgb(colour)
+    height, width = original.shape[:2]
+    assert panels.shape == (height, 3 * width, 3)
+    clusters = panels[:, 2 * width :]
+    # The cluster panel is the photo recoloured, not a copy of either prediction panel.
+    assert np.abs(clusters - panels[:, :width]).mean() > 5.0
+    assert np.abs(clusters - original).mean() > 5.0
+
+
+def test_existing_output_is_kept_without_overwrite(demo, checkpoint, images, tmp_path, capsys):
+    colour, _ = images
+    out = tmp_path / "drawn.jpg"
+    out.write_bytes(b"keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(demo_args(checkpoint, "--input", str(colour), "--output", str(out)))
+    assert exit_info.value.code != 0
+    assert f"{str(out)!r} exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert demo.main(demo_args(checkpoint, "--input", str(colour), "--output", str(out), "--overwrite")) == 0
+    assert read_rgb(out).shape == read_rgb(colour).shape
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: ["--input", str(d / "missing.jpg")], "image file '{d}/missing.jpg' does not exist"),
+        (lambda d: ["--input", str(d / "*.jpeg")], "no image file matches '{d}/*.jpeg'"),
+        (lambda d: ["--video-input", str(d / "clip.mp4")], "video file '{d}/clip.mp4' does not exist"),
+    ],
+)
+def test_missing_inputs_are_named(demo, checkpoint, tmp_path, capsys, make_args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(demo_args(checkpoint, *make_args(tmp_path), "--output", str(tmp_path / "out")))
+    assert exit_info.value.code != 0
+    assert message.format(d=tmp_path) in capsys.readouterr().err
+
+
+def test_unusable_outputs_are_refused(demo, checkpoint, images, tmp_path, capsys):
+    colour, gray = images
+    cases = [
+        (["--input", str(colour), "--output", str(colour), "--overwrite"], "is the input itself"),
+        (["--input", str(colour), str(gray), "--output", str(tmp_path / "x.png")], "to be a folder"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            demo.main(demo_args(checkpoint, *args))
+        assert exit_info.value.code != 0
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_corrupt_image_is_named(demo, checkpoint, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(demo_args(checkpoint, "--input", str(broken), "--output", str(tmp_path / "out")))
+    assert exit_info.value.code != 0
+    assert f"cannot read image {str(broken)!r}" in capsys.readouterr().err
+
+
+def test_missing_config_exits_with_an_error(tmp_path):
+    """The script itself, as a user runs it: non-zero exit status and the file named."""
+    result = subprocess.run(
+        [sys.executable, str(DEMO), "--config-file", "no/such/config.py", "--input", "x.jpg",
+         "--output", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert result.returncode != 0
+    assert "config file 'no/such/config.py' does not exist" in result.stderr
+
+
+def test_video_frames_are_drawn(demo, checkpoint, images, tmp_path):
+    colour, _ = images
+    frame = cv2.imread(str(colour))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (frame.shape[1], frame.shape[0]))
+    for shift in (0, 8):
+        writer.write(np.roll(frame, shift, axis=1))
+    writer.release()
+    out = tmp_path / "drawn.avi"
+    assert demo.main(demo_args(checkpoint, "--video-input", str(video), "--output", str(out))) == 0
+    capture = cv2.VideoCapture(str(out))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    assert int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == frame.shape[1]
+    capture.release()
+
+
+# ---- drawing functions ---------------------------------------------------------------
+
+
+def test_cluster_labels_follow_windows_and_content():
+    # A 6x6 map in 4x4 windows (2x2 windows, the last ones padded), each window clustered to
+    # 2x2: left and right halves of the map hold different constant features.
+    x = torch.zeros(1, 6, 6, 8)
+    x[:, :, 3:] = 5.0
+    _, state = cluster_windows(x, window=4, grid=(2, 2), n_iters=2, temperature=0.01, radius=1)
+    labels = cluster_labels(state)
+    assert labels.shape == (6, 6)
+    window_of = lambda r, c: (r // 4) * 2 + c // 4  # noqa: E731
+    for r in range(6):
+        for c in range(6):
+            assert labels[r, c] // 4 == window_of(r, c)  # ids are unique per window
+    # Within a window, tokens with the same feature share a cluster.
+    assert len(np.unique(labels[:4, :3])) == 1 and len(np.unique(labels[:4, 3:4])) == 1
+
+
+def test_draw_token_clusters_keeps_the_image_size():
+    image = np.full((50, 70, 3), 128, dtype=np.uint8)
+    labels = np.array([[0, 1], [2, 3]])
+    drawn = draw_token_clusters(image, labels, model_input_size=(25, 35), padded_size=(32, 48))
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert len(np.unique(drawn.reshape(-1, 3), axis=0)) > 2  # colours and borders
+
+
+def test_side_by_side_refuses_different_heights():
+    with pytest.raises(ValueError, match="one height"):
+        side_by_side([np.zeros((4, 4, 3)), np.zeros((5, 4, 3))])

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""
+Measure the expedited model against the baseline in one run, on the same images: FLOPs, latency
+(median, p90), token-reduction overhead, peak memory, agreement with the baseline's predictions,
+and the task metric (e.g. COCO AP) when --dataset has annotations.
+
+Both models come from one LazyConfig: the baseline with every `expedite` node disabled, the
+expedited one as configured (trailing overrides included), sharing the weights of
+train.init_checkpoint. Without a checkpoint the weights are random: speed is still measured.
+
+Usage:
+    python tools/benchmark.py --config-file configs/ViTDet/COCO/mask_rcnn_vitdet_b_100ep.py \\
+        --device cuda --num-images 20 --iters 50 --output-json out/vitdet_b.json \\
+        --output-md BENCHMARKS.md --append train.init_checkpoint=model_final.pkl
+    python tools/benchmark.py --config-file CONFIG --dataset coco_2017_val --num-images 100 \\
+        train.init_checkpoint=model_final.pkl model.backbone.net.expedite.grid=8
+"""
+import argparse
+import os
+import shlex
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from expedite_vit.benchmark import BenchmarkSettings, format_table, markdown_section, run_benchmark
+from expedite_vit.benchmark.inputs import ImageInputError, expand_image_paths, split_trailing_overrides
+from expedite_vit.benchmark.report import check_output_path, write_json, write_markdown
+from expedite_vit.benchmark.runner import AMP_DTYPES
+from expedite_vit.checkpoint import CheckpointMismatchError
+from expedite_vit.tools.lazy_config import ConfigError, load_config
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=os.path.basename(__file__),
+        description=__doc__.strip().split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--config-file", required=True, metavar="FILE", help="LazyConfig of the model")
+    images = parser.add_mutually_exclusive_group()
+    images.add_argument("--input", nargs="+", default=[], help="image files or globs (default: photographs)")
+    images.add_argument("--dataset", help="registered dataset name; AP is reported when it has annotations")
+    add("--num-images", type=int, default=5, help="images to run (the first N)")
+    add("--warmup", type=int, default=2, help="untimed iterations per model first")
+    add("--iters", type=int, default=10, help="timed iterations per model (batch 1)")
+    add("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add("--amp", choices=sorted(AMP_DTYPES), default="none", help="autocast dtype")
+    add("--image-size", type=int, metavar="S", help="time and count the backbone on SxS resized images")
+    add("--backbone-only", action="store_true", help="skip whole-model FLOPs, timing and predictions")
+    add("--score-threshold", type=float, default=0.5, help="detections compared with the baseline's")
+    add("--flops-images", type=int, default=1, help="images FLOPs are averaged over")
+    add("--output-json", metavar="FILE", help="write all results here")
+    add("--output-md", metavar="FILE", help="write a markdown section here (see --append)")
+    add("--append", action="store_true", help="append the markdown section to an existing --output-md")
+    add("--overwrite", action="store_true", help="replace existing output files")
+    add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides, key=value")
+    args = parser.parse_args(argv)
+    args.input, trailing_opts = split_trailing_overrides(args.input)
+    args.opts = trailing_opts + [o for o in args.opts if o != "--"]
+    return parser, args
+
+
+def command_line(argv) -> str:
+    """The command that reproduces the run from the current folder."""
+    script = os.path.relpath(os.path.abspath(__file__))
+    if script.startswith(os.pardir):  # run from outside the repository: an absolute path is clearer
+        script = os.path.abspath(__file__)
+    return shlex.join(["python", script, *argv])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, args = parse_args(argv)
+    logger = setup_logger(name="expedite_vit")
+    setup_logger()  # detectron2's own messages (checkpoint loading, evaluation)
+    try:
+        if not os.path.isfile(args.config_file):
+            raise FileNotFoundError(f"config file {args.config_file!r} does not exist")
+        settings = BenchmarkSettings(
+            device=args.device, num_images=args.num_images, warmup=args.warmup, iters=args.iters,
+            amp=args.amp, image_size=args.image_size, backbone_only=args.backbone_only,
+            dataset=args.dataset, inputs=args.input, score_threshold=args.score_threshold,
+            flops_images=args.flops_images,
+        )
+        # Refuse unusable inputs and outputs now, not after minutes of measuring.
+        expand_image_paths(args.input)
+        check_output_path(args.output_json, args.overwrite)
+        check_output_path(args.output_md, args.overwrite, append=args.append)
+        cfg = load_config(args.config_file, args.opts)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+
+    try:
+        results = run_benchmark(cfg, settings, command=command_line(argv))
+    except (ConfigError, ImageInputError, CheckpointMismatchError, OSError) as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    print(format_table(results))
+    if args.output_json:
+        write_json(results, args.output_json)
+        logger.info(f"Results written to {args.output_json}")
+    if args.output_md:
+        title = f"{os.path.basename(args.config_file)} on {results['environment']['device_name']}"
+        write_markdown(markdown_section(results, title), args.output_md, append=args.append)
+        logger.info(f"Markdown section written to {args.output_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
