@@ -27,15 +27,33 @@ SIZES = {
 }
 
 
-def mask_rcnn_vitdet(size: str, expedite: dict):
-    """Returns (model, train, optimizer, lr_multiplier) of ViTDet-{size} Mask R-CNN on COCO."""
+# Expedit presets: each 14x14 window is clustered to grid x grid after `location` blocks. Backbone
+# (ViT) FLOPs at 1024x1024, fvcore, clustering and reconstruction counted (BENCHMARKS.md):
+EXPEDITE_PRESETS = {
+    # 483.2 -> 222.4 GFLOPs: 2.17x
+    "base": dict(location=4, grid=7),
+    # 1490.4 -> 716.6 GFLOPs: 2.08x
+    "large": dict(location=8, grid=7),
+    # 2978.5 -> 1449.7 GFLOPs: 2.05x
+    "huge": dict(location=8, grid=8),
+}
+# Shared by every preset; all can be overridden (model.backbone.net.expedite.k=10, ...).
+EXPEDITE_DEFAULTS = dict(
+    enabled=True, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
+    reconstruct_temperature=0.01,
+)
+
+
+def mask_rcnn_vitdet(size: str):
+    """Returns (model, train, optimizer, lr_multiplier) of ViTDet-{size} Mask R-CNN on COCO,
+    with the Expedit preset of that size."""
     embed_dim, depth, num_heads, drop_path, global_blocks, lr_decay, epochs = SIZES[size]
     model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
     net = model.backbone.net
     net._target_ = ExpeditedViT
     net.embed_dim, net.depth, net.num_heads, net.drop_path_rate = embed_dim, depth, num_heads, drop_path
     net.window_block_indexes = [i for i in range(depth) if i not in global_blocks]
-    net.expedite = L(ExpediteConfig)(**expedite)
+    net.expedite = L(ExpediteConfig)(**EXPEDITE_DEFAULTS, **EXPEDITE_PRESETS[size])
 
     train = model_zoo.get_config("common/train.py").train
     train.amp.enabled = True

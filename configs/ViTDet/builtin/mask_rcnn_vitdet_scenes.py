@@ -16,17 +16,17 @@ register_expedite_scenes()
 
 IMAGE_SIZE = 256
 NUM_CLASSES = 6
-FPN_CHANNELS = 128
+FPN_CHANNELS = 64
 
 model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
 net = model.backbone.net
 net._target_ = ExpeditedViT
-net.update(img_size=IMAGE_SIZE, patch_size=8, embed_dim=192, depth=8, num_heads=6,
-           drop_path_rate=0.0, window_size=8, window_block_indexes=[0, 1, 2, 4, 5, 6],
+net.update(img_size=IMAGE_SIZE, patch_size=8, embed_dim=128, depth=6, num_heads=4,
+           drop_path_rate=0.0, window_size=8, window_block_indexes=[0, 1, 3, 4],
            pretrain_img_size=IMAGE_SIZE, pretrain_use_cls_token=False)
 # Backbone FLOPs ratio at 256x256: see BENCHMARKS.md.
 net.expedite = L(ExpediteConfig)(
-    enabled=True, location=3, grid=4, n_iters=5, cluster_temperature=0.01,
+    enabled=True, location=2, grid=4, n_iters=5, cluster_temperature=0.01,
     locality_window=3, k=4, reconstruct_temperature=0.01,
 )
 # Patch 8 keeps small objects several tokens wide; the pyramid has strides 4, 8, 16 (p2..p4).
@@ -38,13 +38,13 @@ model.proposal_generator.anchor_generator.update(sizes=[[16, 24], [32, 48], [64,
 model.proposal_generator.post_nms_topk = (1000, 200)
 roi_heads = model.roi_heads
 roi_heads.num_classes = NUM_CLASSES
-roi_heads.batch_size_per_image = 128
+roi_heads.batch_size_per_image = 64
 roi_heads.box_in_features = roi_heads.mask_in_features = LEVELS
 roi_heads.box_pooler.scales = roi_heads.mask_pooler.scales = (1 / 4, 1 / 8, 1 / 16)
 roi_heads.box_head.input_shape.channels = FPN_CHANNELS
 roi_heads.box_head.conv_dims = [FPN_CHANNELS, FPN_CHANNELS]
-roi_heads.box_head.fc_dims = [256]
-roi_heads.box_predictor.input_shape.channels = 256
+roi_heads.box_head.fc_dims = [128]
+roi_heads.box_predictor.input_shape.channels = 128
 roi_heads.mask_head.input_shape.channels = FPN_CHANNELS
 roi_heads.mask_head.conv_dims = [FPN_CHANNELS, FPN_CHANNELS]
 
@@ -60,7 +60,7 @@ dataloader.train.mapper.update(
     recompute_boxes=True,
     instance_mask_format="bitmask",  # the dataset stores RLE masks
 )
-dataloader.train.total_batch_size = 8
+dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 1
 dataloader.test.dataset.names = "expedite_scenes_val"
 dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=IMAGE_SIZE, max_size=IMAGE_SIZE)]
