@@ -3,7 +3,7 @@
 # (150 classes, 100 queries, tested single-scale at short edge 640 / max 2560), with Expedit in the
 # backbone.
 #
-# Published (Expedit paper, ADE20K val, single scale): mIoU 55.8 -> 55.5, backbone 937 -> 620
+# Published (Expedit paper, ADE20K val, single scale): mIoU 55.8 -> 55.5, 937 -> 620
 # GFLOPs. The paper gives alpha 8 and an 8x8 grid for this model; the other settings are the
 # COCO panoptic preset's (a dense task too). Turn token reduction off with
 # model.backbone.expedite.enabled=False.

@@ -2,7 +2,7 @@
 # configs/coco/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml
 # (80 classes, 200 queries, tested at short edge 800 / max 1333), with Expedit in the backbone.
 #
-# Published (Expedit paper, COCO val): mask AP 50.1 -> 49.1, backbone 937 -> 705 GFLOPs with this
+# Published (Expedit paper, COCO val): mask AP 50.1 -> 49.1, 937 -> 705 GFLOPs with this
 # preset. Turn token reduction off with model.backbone.expedite.enabled=False.
 #
 # Evaluate the official model (it loads unchanged, expedite on or off):

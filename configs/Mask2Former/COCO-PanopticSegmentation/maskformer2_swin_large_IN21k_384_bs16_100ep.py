@@ -2,7 +2,7 @@
 # configs/coco/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml
 # (133 classes, 200 queries, tested at short edge 800 / max 1333), with Expedit in the backbone.
 #
-# Published (Expedit paper, COCO val): PQ 57.8 -> 56.8, backbone 937 -> 663 GFLOPs with this preset.
+# Published (Expedit paper, COCO val): PQ 57.8 -> 56.8, 937 -> 663 GFLOPs with this preset.
 # Turn token reduction off with model.backbone.expedite.enabled=False.
 #
 # Evaluate the official model (it loads unchanged, expedite on or off):

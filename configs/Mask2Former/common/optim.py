@@ -28,10 +28,7 @@ def adamw(lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1):
                 if backbone_multiplier == 1.0
                 else partial(backbone_lr_factor, multiplier=backbone_multiplier)
             ),
-            overrides={
-                "relative_position_bias_table": {"weight_decay": 0.0},
-                "absolute_pos_embed": {"weight_decay": 0.0},
-            },
+            overrides={"relative_position_bias_table": {"weight_decay": 0.0}},
         ),
         lr=lr,
         betas=(0.9, 0.999),

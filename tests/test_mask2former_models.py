@@ -1,0 +1,505 @@
+"""Mask2Former LazyConfig models: official checkpoint layouts, Expedit presets, dataset mappers,
+evaluation through detectron2's evaluators, the ViTDet backbone, and train_net.py end to end.
+
+The official Swin-L / R50 models are only built on the meta device (no memory, no compute); running
+models are the small built-in ones, on a 2 + 3 image expedite_scenes split generated per module.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.evaluation import inference_on_dataset
+from detectron2.structures import BitMasks, Instances
+from panopticapi.utils import rgb2id
+from PIL import Image
+from torch import nn
+
+from conftest import skip_weight_init
+from expedite_vit.checkpoint import CheckpointMismatchError, load_checkpoint
+from expedite_vit.data import generate_expedite_scenes, register_expedite_scenes
+from expedite_vit.data.mask2former_mappers import (
+    MaskFormerInstanceDatasetMapper,
+    MaskFormerPanopticDatasetMapper,
+    MaskFormerSemanticDatasetMapper,
+)
+from expedite_vit.evaluation import build_segmentation_evaluator
+from expedite_vit.modeling import ExpeditedViT
+from expedite_vit.modeling.vit_adapter import Mask2FormerSimpleFeaturePyramid
+from expedite_vit.tools.lazy_config import load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs" / "Mask2Former"
+TRAIN_NET = REPO_ROOT / "train_net.py"
+FIXTURE = "mask2former_official.json"  # in the conftest's fixtures_dir
+SWIN_TINY_CONFIG = CONFIGS / "builtin" / "maskformer2_swin_tiny_scenes_panoptic.py"
+VITDET_TINY_CONFIG = CONFIGS / "builtin" / "maskformer2_vitdet_tiny_scenes_panoptic.py"
+
+PANOPTIC_SWIN_L = "COCO-PanopticSegmentation/maskformer2_swin_large_IN21k_384_bs16_100ep.py"
+PANOPTIC_R50 = "COCO-PanopticSegmentation/maskformer2_R50_bs16_50ep.py"
+INSTANCE_SWIN_L = "COCO-InstanceSegmentation/maskformer2_swin_large_IN21k_384_bs16_100ep.py"
+SEMANTIC_SWIN_L = "ADE20K-SemanticSegmentation/maskformer2_swin_large_IN21k_384_bs16_160k_res640.py"
+# Our config -> the official YAML whose checkpoint it must load.
+OFFICIAL_YAML = {
+    PANOPTIC_SWIN_L: "configs/coco/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml",
+    PANOPTIC_R50: "configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml",
+    INSTANCE_SWIN_L: "configs/coco/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml",
+    SEMANTIC_SWIN_L: "configs/ade20k/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k_res640.yaml",
+}
+# The published Expedit presets: (location, grid, n_iters, t, locality_window, k, t').
+PUBLISHED_PRESETS = {
+    PANOPTIC_SWIN_L: (10, 8, 5, 0.05, 7, 10, 0.05),
+    INSTANCE_SWIN_L: (12, 8, 5, 0.01, 11, 60, 0.01),
+}
+# (short edge, max size) at test time, and the evaluated tasks -> datasets.
+TEST_SETTINGS = {
+    PANOPTIC_SWIN_L: (800, 1333, {"panoptic_seg": "coco_2017_val_panoptic", "segm": "coco_2017_val"}),
+    PANOPTIC_R50: (800, 1333, {"panoptic_seg": "coco_2017_val_panoptic", "segm": "coco_2017_val"}),
+    INSTANCE_SWIN_L: (800, 1333, {"segm": "coco_2017_val"}),
+    SEMANTIC_SWIN_L: (640, 2560, {"sem_seg": "ade20k_sem_seg_val"}),
+}
+SCENES_TASKS = {
+    "panoptic_seg": "expedite_scenes_val_panoptic",
+    "segm": "expedite_scenes_val",
+    "sem_seg": "expedite_scenes_val_sem_seg",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models on a busy 2-core machine: intra-op threads cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scenes_root(tmp_path_factory):
+    """A 2 + 3 image expedite_scenes split, registered under the expedite_scenes names.
+
+    $EXPEDITE_DATASETS points at it too: the built-in configs register the names when loaded, and
+    train_net.py subprocesses inherit it.
+    """
+    root = str(tmp_path_factory.mktemp("scenes") / "expedite_scenes")
+    generate_expedite_scenes(root, num_train=2, num_val=3)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("EXPEDITE_DATASETS", root)
+        register_expedite_scenes()
+        yield root
+    register_expedite_scenes()  # the names point back at the default root for other tests
+
+
+def tiny_config(path=SWIN_TINY_CONFIG, overrides=()):
+    return load_config(str(path), list(overrides))
+
+
+# ---- Official configs: checkpoint layout, presets, test-time settings ---------------------------
+
+
+@pytest.mark.parametrize(
+    "config, expedite",
+    [(c, on) for c in (PANOPTIC_SWIN_L, INSTANCE_SWIN_L, SEMANTIC_SWIN_L) for on in (True, False)]
+    + [(PANOPTIC_R50, None)],
+)
+def test_official_config_state_dict_is_the_checkpoints(fixtures_dir, config, expedite):
+    official = json.loads((Path(fixtures_dir) / FIXTURE).read_text())["models"][OFFICIAL_YAML[config]]
+    cfg = load_config(str(CONFIGS / config))
+    if expedite is None:
+        assert "expedite" not in cfg.model.backbone  # R50: the plain baseline
+    else:
+        cfg.model.backbone.expedite.enabled = expedite
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    if expedite is not None:
+        clustering_stages = [s for s in model.backbone.layers if s.expedite is not None]
+        assert len(clustering_stages) == (1 if expedite else 0)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(ours) == sorted(official)
+    assert ours == official
+
+
+@pytest.mark.parametrize("config", sorted(PUBLISHED_PRESETS))
+def test_published_expedite_presets(config):
+    expedite = load_config(str(CONFIGS / config)).model.backbone.expedite
+    fields = ("location", "grid", "n_iters", "cluster_temperature", "locality_window", "k",
+              "reconstruct_temperature")
+    assert expedite.enabled
+    assert tuple(expedite[f] for f in fields) == PUBLISHED_PRESETS[config]
+
+
+def test_ade20k_preset_has_the_published_alpha_and_grid():
+    expedite = load_config(str(CONFIGS / SEMANTIC_SWIN_L)).model.backbone.expedite
+    assert expedite.enabled and (expedite.location, expedite.grid) == (8, 8)
+
+
+@pytest.mark.parametrize("config", sorted(TEST_SETTINGS))
+def test_official_test_time_settings(config):
+    short_edge, max_size, tasks = TEST_SETTINGS[config]
+    cfg = load_config(str(CONFIGS / config))
+    [resize] = cfg.dataloader.test.mapper.augmentations
+    assert (resize.short_edge_length, resize.max_size) == (short_edge, max_size)
+    assert cfg.dataloader.test.mapper.image_format == "RGB"
+    assert dict(cfg.dataloader.evaluator.datasets) == tasks
+    assert cfg.model.size_divisibility == 32
+    # Stated once in the head, read by the criterion and the meta-architecture.
+    assert cfg.model.num_queries == cfg.model.sem_seg_head.num_queries
+    assert cfg.model.criterion.num_classes == cfg.model.sem_seg_head.num_classes
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.backbone.expedite.location=24", r"location=24 is past the last Swin block.*\[0, 23\]"),
+        ("model.backbone.expedite.grid=13", r"grid 13x13 is larger than the 12x12 Swin window"),
+    ],
+)
+def test_bad_expedite_settings_fail_at_instantiation(override, message):
+    cfg = load_config(str(CONFIGS / PANOPTIC_SWIN_L), [override])
+    with pytest.raises(ValueError, match=message), torch.device("meta"):
+        instantiate(cfg.model)
+
+
+def test_checkpoint_of_another_model_lists_the_mismatched_keys(fixtures_dir, tmp_path):
+    shapes = json.loads((Path(fixtures_dir) / FIXTURE).read_text())["models"]
+    r50_shapes = shapes[OFFICIAL_YAML[PANOPTIC_R50]]
+    # Stride-0 views keep the 44M-parameter checkpoint a few kilobytes on disk.
+    one = torch.zeros(1)
+    checkpoint = {k: one.expand(shape) for k, shape in r50_shapes.items()}
+    path = tmp_path / "r50_layout.pth"
+    torch.save({"model": checkpoint}, path)
+    with skip_weight_init():
+        model = instantiate(load_config(str(CONFIGS / PANOPTIC_SWIN_L)).model)
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_checkpoint(model, str(path))
+    message = str(error.value)
+    assert "missing in the checkpoint (363)" in message  # the Swin-L backbone
+    assert "backbone.layers.0.blocks.0.attn.qkv.weight" in message
+    assert "not in the model (265)" in message  # the ResNet-50 backbone
+    assert "backbone.res2.0.conv1.weight" in message
+    # Head parameters sized by the backbone's channels or the query count.
+    assert "of a different shape (6)" in message
+    assert (
+        "sem_seg_head.pixel_decoder.input_proj.0.0.weight: checkpoint (256, 2048, 1, 1) vs "
+        "model (256, 1536, 1, 1)" in message
+    )
+    assert "sem_seg_head.predictor.query_feat.weight: checkpoint (100, 256) vs model (200, 256)" in message
+
+
+# ---- Mappers ------------------------------------------------------------------------------------
+
+
+def _dataset_dict(name, index=0):
+    return dict(DatasetCatalog.get(name)[index])
+
+
+def test_panoptic_mapper_masks_reassemble_the_png(scenes_root):
+    record = _dataset_dict("expedite_scenes_train_panoptic")
+    mapped = MaskFormerPanopticDatasetMapper(augmentations=[])(record)
+    segment_ids = rgb2id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
+    instances = mapped["instances"]
+    masks = instances.gt_masks.tensor.numpy()
+    segments = [s for s in record["segments_info"] if not s.get("iscrowd", 0)]
+    assert len(instances) == len(segments) > 0
+    assert mapped["image"].shape == (3, *segment_ids.shape) and mapped["image"].dtype == torch.uint8
+    assert masks.sum(0).max() == 1  # segments do not overlap
+
+    rebuilt = np.zeros_like(segment_ids)
+    for segment, mask, label in zip(segments, masks, instances.gt_classes.tolist()):
+        assert label == segment["category_id"]
+        rebuilt[mask] = segment["id"]
+    assert np.array_equal(rebuilt, segment_ids)
+    # Things and stuff are both targets.
+    metadata = MetadataCatalog.get("expedite_scenes_train_panoptic")
+    thing_ids = set(metadata.thing_dataset_id_to_contiguous_id.values())
+    labels = set(instances.gt_classes.tolist())
+    assert labels & thing_ids and labels - thing_ids
+
+
+def test_panoptic_mapper_augments_masks_with_the_image(scenes_root):
+    record = _dataset_dict("expedite_scenes_train_panoptic")
+    mapper = MaskFormerPanopticDatasetMapper(
+        augmentations=[T.RandomFlip(prob=1.0, horizontal=True), T.Resize((128, 96))]
+    )
+    mapped = mapper(record)
+    # The same flip and resize done by hand: bilinear for the image, nearest for the PNG.
+    image = np.asarray(Image.open(record["file_name"]).convert("RGB"))[:, ::-1]
+    expected_image = np.asarray(Image.fromarray(image).resize((96, 128), Image.BILINEAR))
+    png = np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB"))[:, ::-1]
+    segment_ids = rgb2id(np.asarray(Image.fromarray(png).resize((96, 128), Image.NEAREST)))
+    expected_masks = [segment_ids == s["id"] for s in record["segments_info"]]
+    expected_masks = np.stack([m for m in expected_masks if m.any()])
+
+    assert np.array_equal(mapped["image"].permute(1, 2, 0).numpy(), expected_image)
+    assert np.array_equal(mapped["instances"].gt_masks.tensor.numpy(), expected_masks)
+    assert mapped["instances"].image_size == (128, 96)
+
+
+def test_instance_mapper_decodes_rle_masks(scenes_root):
+    record = _dataset_dict("expedite_scenes_val")
+    mapped = MaskFormerInstanceDatasetMapper(augmentations=[])(record)
+    annotations = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
+    instances = mapped["instances"]
+    assert instances.gt_classes.tolist() == [a["category_id"] for a in annotations]
+    for mask, annotation in zip(instances.gt_masks.tensor.numpy(), annotations):
+        assert np.array_equal(mask, mask_util.decode(annotation["segmentation"]).astype(bool))
+
+
+def test_semantic_mapper_one_mask_per_class(scenes_root):
+    record = _dataset_dict("expedite_scenes_val_sem_seg")
+    mapped = MaskFormerSemanticDatasetMapper(augmentations=[], ignore_label=255)(record)
+    labels = np.asarray(Image.open(record["sem_seg_file_name"]))
+    instances = mapped["instances"]
+    assert instances.gt_classes.tolist() == sorted(set(np.unique(labels).tolist()) - {255})
+    rebuilt = np.full_like(labels, 255)
+    for mask, label in zip(instances.gt_masks.tensor.numpy(), instances.gt_classes.tolist()):
+        assert not (rebuilt[mask] != 255).any()
+        rebuilt[mask] = label
+    assert np.array_equal(rebuilt, labels)
+    assert torch.equal(mapped["sem_seg"], torch.as_tensor(labels.astype(np.int64)))
+
+
+def test_mapper_given_the_wrong_dataset_says_what_it_needs(scenes_root):
+    with pytest.raises(ValueError, match="pan_seg_file_name"):
+        MaskFormerPanopticDatasetMapper(augmentations=[])(_dataset_dict("expedite_scenes_val"))
+    with pytest.raises(ValueError, match="sem_seg_file_name"):
+        MaskFormerSemanticDatasetMapper(augmentations=[])(_dataset_dict("expedite_scenes_val"))
+    with pytest.raises(ValueError, match="'annotations'"):
+        MaskFormerInstanceDatasetMapper(augmentations=[])(
+            _dataset_dict("expedite_scenes_val_panoptic")
+        )
+
+
+# ---- Evaluation ---------------------------------------------------------------------------------
+
+
+class GroundTruthModel(nn.Module):
+    """Predicts the ground truth itself, in the MaskFormer output format."""
+
+    def __init__(self, sem_seg_dataset, num_classes):
+        super().__init__()
+        self.semantic_files = {
+            r["file_name"]: r["sem_seg_file_name"] for r in DatasetCatalog.get(sem_seg_dataset)
+        }
+        self.num_classes = num_classes
+
+    def forward(self, batched_inputs):
+        results = []
+        for record in batched_inputs:
+            segment_ids = torch.as_tensor(
+                rgb2id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB"))),
+                dtype=torch.int32,
+            )
+            segments = [
+                {"id": s["id"], "isthing": s["isthing"], "category_id": s["category_id"]}
+                for s in record["segments_info"]
+            ]
+            things = [s for s in segments if s["isthing"]]
+            instances = Instances(tuple(segment_ids.shape))
+            masks = torch.stack([segment_ids == s["id"] for s in things])
+            instances.pred_masks = masks
+            instances.pred_boxes = BitMasks(masks).get_bounding_boxes()
+            instances.scores = torch.ones(len(things))
+            instances.pred_classes = torch.tensor([s["category_id"] for s in things])
+            labels = torch.as_tensor(np.asarray(Image.open(self.semantic_files[record["file_name"]])))
+            # Ignored pixels (255) may be predicted as anything: clamp them to a valid class.
+            labels = labels.long().clamp(max=self.num_classes - 1)
+            sem_seg = nn.functional.one_hot(labels, self.num_classes).permute(2, 0, 1).float()
+            results.append(
+                {"panoptic_seg": (segment_ids, segments), "instances": instances, "sem_seg": sem_seg}
+            )
+        return results
+
+
+def scenes_test_loader():
+    cfg = tiny_config()
+    cfg.dataloader.test.num_workers = 0
+    return instantiate(cfg.dataloader.test)
+
+
+def test_evaluators_pair_each_task_with_its_ground_truth(scenes_root):
+    """Perfect predictions score 100 on every task: the datasets agree on images and classes."""
+    metadata = MetadataCatalog.get("expedite_scenes_val_panoptic")
+    model = GroundTruthModel("expedite_scenes_val_sem_seg", num_classes=len(metadata.stuff_classes))
+    results = inference_on_dataset(
+        model, scenes_test_loader(), build_segmentation_evaluator(SCENES_TASKS)
+    )
+    assert results["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+
+
+def test_tiny_model_runs_through_all_three_evaluators(scenes_root, tmp_path):
+    # An untrained model is not confident: keep every query so panoptic segments come out.
+    cfg = tiny_config(overrides=["model.object_mask_threshold=0.0"])
+    cfg.dataloader.test.num_workers = 0
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    evaluator = build_segmentation_evaluator(SCENES_TASKS, output_dir=str(tmp_path))
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    for task, keys in (
+        ("panoptic_seg", ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")),
+        ("segm", ("AP", "AP50", "AP75")),
+        ("sem_seg", ("mIoU", "fwIoU", "mACC", "pACC")),
+    ):
+        for key in keys:
+            assert math.isfinite(results[task][key]), (task, key, results[task][key])
+    assert (tmp_path / "coco_instances_results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "datasets, message",
+    [
+        ({}, "no task to evaluate"),
+        ({"bbox": "expedite_scenes_val"}, r"unknown evaluation tasks \['bbox'\]"),
+        ({"sem_seg": "expedite_scenes_val_panoptic"}, "'sem_seg' needs a semantic segmentation"),
+        ({"panoptic_seg": "expedite_scenes_val"}, "'panoptic_seg' needs a COCO panoptic dataset"),
+        ({"segm": "expedite_scenes_val_sem_seg"}, "'segm' needs a dataset with a COCO instances"),
+        ({"segm": "expedite_scenes_vall"}, "did you mean 'expedite_scenes_val'"),
+    ],
+)
+def test_evaluator_refuses_a_dataset_without_the_tasks_ground_truth(scenes_root, datasets, message):
+    with pytest.raises(ValueError, match=message):
+        build_segmentation_evaluator(datasets)
+
+
+# ---- Built-in models ----------------------------------------------------------------------------
+
+
+def test_disabled_expedite_is_the_plain_model():
+    images = [{"image": torch.rand(3, 96, 80) * 255}]
+    outputs = {}
+    for name, expedite in (("plain", None), ("disabled", False), ("enabled", True)):
+        cfg = tiny_config()
+        if expedite is None:
+            cfg.model.backbone.expedite = None
+        else:
+            cfg.model.backbone.expedite.enabled = expedite
+        torch.manual_seed(0)
+        model = instantiate(cfg.model).eval()
+        with torch.no_grad():
+            [outputs[name]] = model(images)
+    assert torch.equal(outputs["disabled"]["sem_seg"], outputs["plain"]["sem_seg"])
+    assert torch.equal(outputs["disabled"]["panoptic_seg"][0], outputs["plain"]["panoptic_seg"][0])
+    assert torch.equal(
+        outputs["disabled"]["instances"].pred_masks, outputs["plain"]["instances"].pred_masks
+    )
+    assert not torch.equal(outputs["enabled"]["sem_seg"], outputs["plain"]["sem_seg"])
+
+
+@pytest.mark.parametrize("expedite", [True, False])
+def test_vitdet_backbone_mask2former_builds_and_runs(expedite):
+    cfg = tiny_config(VITDET_TINY_CONFIG, [f"model.backbone.net.expedite.enabled={expedite}"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    assert isinstance(model.backbone, Mask2FormerSimpleFeaturePyramid)
+    assert isinstance(model.backbone.net, ExpeditedViT)
+    assert hasattr(model.backbone.net, "token_clustering") == expedite
+    shapes = model.backbone.output_shape()
+    assert {k: v.stride for k, v in shapes.items()} == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    # Parameter names stay SimpleFeaturePyramid's, so ViTDet checkpoints keep loading.
+    assert any(k.startswith("backbone.simfp_2.") for k in model.state_dict())
+
+    model.eval()
+    with torch.no_grad():
+        [result] = model([{"image": torch.rand(3, 128, 96) * 255, "height": 64, "width": 48}])
+    assert result["sem_seg"].shape == (8, 64, 48)
+    assert result["panoptic_seg"][0].shape == (64, 48)
+
+    model.train()
+    instances = Instances((128, 96))
+    instances.gt_classes = torch.tensor([0, 7])
+    masks = torch.zeros(2, 128, 96, dtype=torch.bool)
+    masks[0, 20:60, 10:50] = True
+    masks[1, 80:] = True
+    instances.gt_masks = BitMasks(masks)
+    losses = model([{"image": torch.rand(3, 128, 96) * 255, "instances": instances}])
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.net.patch_embed.proj.weight.grad is not None
+
+
+def test_feature_pyramid_refuses_a_top_block():
+    with pytest.raises(ValueError, match="takes no top_block"):
+        Mask2FormerSimpleFeaturePyramid(
+            net=ExpeditedViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2),
+            in_feature="last_feat",
+            out_channels=16,
+            scale_factors=(1.0,),
+            top_block=nn.Identity(),
+        )
+
+
+# ---- train_net.py -------------------------------------------------------------------------------
+
+
+def _import_train_net():
+    """train_net.py is a script at the repo root, not part of an installed package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained_dir(scenes_root, tmp_path_factory):
+    """Output of two training iterations of the built-in Swin Mask2Former (token reduction off,
+    as its config says to train)."""
+    output_dir = tmp_path_factory.mktemp("mask2former_train")
+    train_net = _import_train_net()
+    arguments = [
+        "--config-file", str(SWIN_TINY_CONFIG),
+        f"train.output_dir={output_dir}",
+        "train.max_iter=2",
+        "train.log_period=1",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0",
+        "model.backbone.expedite.enabled=False",
+    ]
+    train_net.main(train_net.default_argument_parser().parse_args(arguments))
+    return output_dir
+
+
+def test_training_iterations_have_finite_losses(trained_dir):
+    records = [json.loads(line) for line in (trained_dir / "metrics.json").read_text().splitlines()]
+    losses = [r["total_loss"] for r in records if "total_loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert (trained_dir / "model_final.pth").exists()
+
+
+def test_train_net_eval_only_scores_the_trained_model(trained_dir, tmp_path):
+    checkpoint = trained_dir / "model_final.pth"
+    result = subprocess.run(
+        [
+            sys.executable, str(TRAIN_NET), "--eval-only",
+            "--config-file", str(SWIN_TINY_CONFIG),
+            f"train.output_dir={tmp_path}",
+            f"train.init_checkpoint={checkpoint}",
+            "dataloader.test.num_workers=0",
+        ],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((tmp_path / "metrics_eval.json").read_text())
+    assert set(results) == {"panoptic_seg", "segm", "sem_seg"}
+    assert math.isfinite(results["panoptic_seg"]["PQ"]) and math.isfinite(results["sem_seg"]["mIoU"])
+    log = (tmp_path / "log.txt").read_text()
+    assert "TokenClusteringLayer" in log  # evaluated with the config's token reduction on
+    assert f"Loading from {checkpoint}" in log
