@@ -17,6 +17,7 @@ from detectron2.config import instantiate
 from detectron2.modeling.backbone.swin import SwinTransformer as Detectron2Swin
 from fvcore.nn import FlopCountAnalysis
 
+from conftest import FIXTURES
 from expedite import ExpediteConfig, reduced_length
 from expedite_vit.modeling.swin import (
     D2SwinTransformer,
@@ -27,7 +28,7 @@ from expedite_vit.modeling.swin import (
     shifted_window_attention_mask,
 )
 
-FIXTURE = Path("/work/shared/fixtures/checkpoint_keys/mask2former_official.json")
+FIXTURE = Path(FIXTURES) / "mask2former_official.json"
 SWIN_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12)
 TINY = dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), window_size=6)
 # Clusters stage 3 (blocks 4..7) from its second block: 6x6 windows -> 4x4.

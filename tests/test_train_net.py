@@ -100,7 +100,7 @@ def tiny_cfg(tiny_coco_dir):
         "model.backbone.net.depth=2",
         "model.backbone.net.window_block_indexes.1=3",  # list index
         "model.proposal_generator.anchor_generator.sizes.0.0=4",  # index into a nested list
-        "dataloader.evaluator.output_dir=/tmp/x",  # not set in the config; a COCOEvaluator kwarg
+        "dataloader.evaluator.output_dir=output/x",  # not set in the config; a COCOEvaluator kwarg
         "+train.new_option=1",  # '+' adds a key on purpose
     ],
 )
@@ -119,7 +119,7 @@ def test_existing_override_keys_pass(tiny_cfg, override):
             "model.backbon.net.depth=2",
             "'model' has no key 'backbon' (did you mean 'backbone'?)",
         ),
-        ("dataloader.evaluator.ouput_dir=/tmp/x", "(did you mean 'output_dir'?)"),
+        ("dataloader.evaluator.ouput_dir=output/x", "(did you mean 'output_dir'?)"),
         ("model.backbone.net.window_block_indexes.2=1", "is a list of 2 items"),
         ("train.max_iter.steps=1", "'train.max_iter' is a value"),
         ("train.max_iter", "is not of the form key=value"),
