@@ -41,6 +41,8 @@ from expedite_vit.benchmark.models import build_model, build_model_pair, token_r
 from expedite_vit.checkpoint import CheckpointMismatchError
 from expedite_vit.tools.lazy_config import ConfigError, load_config
 from expedite_vit.visualization import (
+    PREDICTION_KINDS,
+    PredictionKindError,
     add_caption,
     cluster_labels,
     draw_predictions,
@@ -68,6 +70,8 @@ def parse_args(argv=None):
     source.add_argument("--video-input", metavar="FILE", help="a video file")
     add("--output", required=True, help="output folder (created if needed), or file for one image or a video")
     add("--confidence-threshold", type=float, default=0.5, help="minimum score of drawn instances")
+    add("--task", choices=("auto", *PREDICTION_KINDS), default="auto",
+        help="what to draw (auto: panoptic if the model gives it, else semantic and instances)")
     add("--compare", action="store_true", help="baseline | expedited | token clusters, side by side")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     add("--overwrite", action="store_true", help="replace existing output files")
@@ -147,7 +151,7 @@ def dataset_metadata(cfg):
 class DemoRenderer:
     """Runs the model(s) on an image like detectron2's predictor and draws the result."""
 
-    def __init__(self, cfg, device: str, compare: bool, confidence_threshold: float):
+    def __init__(self, cfg, device: str, compare: bool, confidence_threshold: float, task: str = "auto"):
         if compare:
             baseline, expedited = build_model_pair(cfg, device)
             clustering = token_reduction_modules(expedited, "token_clustering")
@@ -165,9 +169,10 @@ class DemoRenderer:
         self.augmentations = inference_augmentations(cfg)
         self.metadata = dataset_metadata(cfg)
         self.confidence_threshold = confidence_threshold
+        self.task = task
 
     def _draw(self, image_rgb: np.ndarray, predictions: Dict) -> np.ndarray:
-        return draw_predictions(image_rgb, predictions, self.metadata, self.confidence_threshold)
+        return draw_predictions(image_rgb, predictions, self.metadata, self.confidence_threshold, self.task)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -263,12 +268,12 @@ def main(argv=None) -> int:
         parser.error(str(error))
 
     try:
-        renderer = DemoRenderer(cfg, args.device, args.compare, args.confidence_threshold)
+        renderer = DemoRenderer(cfg, args.device, args.compare, args.confidence_threshold, args.task)
         if args.input:
             run_images(renderer, inputs, outputs)
         else:
             run_video(renderer, args.video_input, video_output)
-    except (ConfigError, ImageInputError, CheckpointMismatchError, OSError) as error:
+    except (ConfigError, ImageInputError, CheckpointMismatchError, PredictionKindError, OSError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     return 0
 

@@ -191,3 +191,80 @@ def test_draw_token_clusters_keeps_the_image_size():
 def test_side_by_side_refuses_different_heights():
     with pytest.raises(ValueError, match="one height"):
         side_by_side([np.zeros((4, 4, 3)), np.zeros((5, 4, 3))])
+
+
+# ---- What is drawn: panoptic, instances, semantic ----------------------------------------------
+
+
+def segmentation_predictions():
+    """Mask2Former-style outputs of a 48x64 image: two segments, one instance, class scores."""
+    from detectron2.structures import Boxes, Instances
+
+    segment_ids = torch.zeros(48, 64, dtype=torch.int32)
+    segment_ids[:, 32:] = 1
+    segment_ids[10:30, 5:25] = 2
+    segments_info = [
+        {"id": 1, "category_id": 2, "isthing": False},
+        {"id": 2, "category_id": 0, "isthing": True, "score": 0.9},
+    ]
+    instances = Instances((48, 64))
+    instances.pred_masks = (segment_ids == 2)[None]
+    instances.pred_boxes = Boxes(torch.tensor([[5.0, 10.0, 25.0, 30.0]]))
+    instances.scores = torch.tensor([0.9])
+    instances.pred_classes = torch.tensor([1])
+    sem_seg = torch.zeros(3, 48, 64)
+    sem_seg[2, :, 32:] = 1.0
+    sem_seg[0, 10:30, 5:25] = 2.0
+    return {"panoptic_seg": (segment_ids, segments_info), "instances": instances, "sem_seg": sem_seg}
+
+
+@pytest.fixture
+def drawing_metadata():
+    from detectron2.data import MetadataCatalog
+
+    metadata = MetadataCatalog.get("__test_demo_drawing")
+    if not metadata.get("thing_classes"):
+        metadata.set(thing_classes=["disc", "ring"], stuff_classes=["disc", "ring", "ground"])
+    return metadata
+
+
+@pytest.mark.parametrize("kind", ["panoptic_seg", "instances", "sem_seg"])
+def test_each_kind_of_prediction_is_drawn_as_detectron2_draws_it(kind, drawing_metadata):
+    from detectron2.utils.visualizer import Visualizer
+
+    from expedite_vit.visualization import draw_predictions
+
+    image = np.full((48, 64, 3), 128, dtype=np.uint8)
+    predictions = segmentation_predictions()
+    np.random.seed(0)  # the Visualizer picks random colours for classes without one
+    reference = Visualizer(image, drawing_metadata)
+    if kind == "panoptic_seg":
+        expected = reference.draw_panoptic_seg(*predictions["panoptic_seg"])
+    elif kind == "instances":
+        expected = reference.draw_instance_predictions(predictions["instances"])
+    else:
+        expected = reference.draw_sem_seg(predictions["sem_seg"].argmax(0))
+    np.random.seed(0)
+    drawn = draw_predictions(image, predictions, drawing_metadata, 0.5, kind)
+    np.testing.assert_array_equal(drawn, expected.get_image())
+    assert not np.array_equal(drawn, image)  # something was drawn
+    if kind != "panoptic_seg":  # "auto" draws the panoptic segmentation when there is one
+        assert not np.array_equal(drawn, draw_predictions(image, predictions, drawing_metadata, 0.5))
+
+
+def test_asking_for_predictions_the_model_does_not_give_names_the_switch(drawing_metadata):
+    from expedite_vit.visualization import PredictionKindError, draw_predictions
+
+    image = np.zeros((48, 64, 3), dtype=np.uint8)
+    predictions = {"instances": segmentation_predictions()["instances"]}
+    with pytest.raises(PredictionKindError, match=r"no 'sem_seg' predictions, only \['instances'\].*semantic_on"):
+        draw_predictions(image, predictions, drawing_metadata, 0.5, "sem_seg")
+    with pytest.raises(PredictionKindError, match="unknown prediction kind 'masks'"):
+        draw_predictions(image, predictions, drawing_metadata, 0.5, "masks")
+
+
+def test_demo_task_the_model_lacks_is_a_clear_error(demo, checkpoint, images, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(demo_args(checkpoint, "--input", str(images[0]), "--output", str(tmp_path), "--task", "sem_seg"))
+    assert exit_info.value.code == 1
+    assert "the model gives no 'sem_seg' predictions" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2.config import instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.evaluation import inference_on_dataset
@@ -26,8 +26,11 @@ from PIL import Image
 from torch import nn
 
 from conftest import skip_weight_init
+from expedite_vit.benchmark import BenchmarkSettings, run_benchmark
+from expedite_vit.benchmark.fidelity import build_evaluator
 from expedite_vit.checkpoint import CheckpointMismatchError, load_checkpoint
 from expedite_vit.data import generate_expedite_scenes, register_expedite_scenes
+from expedite_vit.data.subset import register_image_subset
 from expedite_vit.data.mask2former_mappers import (
     MaskFormerInstanceDatasetMapper,
     MaskFormerPanopticDatasetMapper,
@@ -36,7 +39,7 @@ from expedite_vit.data.mask2former_mappers import (
 from expedite_vit.evaluation import build_segmentation_evaluator
 from expedite_vit.modeling import ExpeditedViT
 from expedite_vit.modeling.vit_adapter import Mask2FormerSimpleFeaturePyramid
-from expedite_vit.tools.lazy_config import load_config
+from expedite_vit.tools.lazy_config import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs" / "Mask2Former"
@@ -155,6 +158,23 @@ def test_official_test_time_settings(config):
     # Stated once in the head, read by the criterion and the meta-architecture.
     assert cfg.model.num_queries == cfg.model.sem_seg_head.num_queries
     assert cfg.model.criterion.num_classes == cfg.model.sem_seg_head.num_classes
+
+
+@pytest.mark.parametrize("config", [PANOPTIC_SWIN_L, SEMANTIC_SWIN_L])
+def test_official_config_saves_as_loadable_yaml_with_backbone_lr_factor(config, tmp_path):
+    cfg = load_config(str(CONFIGS / config))
+    path = tmp_path / "config.yaml"
+    LazyConfig.save(cfg, str(path))
+    assert not (tmp_path / "config.yaml.pkl").exists()  # detectron2's fallback when yaml fails
+    saved = LazyConfig.load(str(path))
+    assert saved.model.backbone.expedite == cfg.model.backbone.expedite
+
+    model = nn.ModuleDict({"backbone": nn.Linear(2, 2), "head": nn.Linear(2, 2)})
+    saved.optimizer.params.model = model
+    groups = instantiate(saved.optimizer).param_groups
+    lrs = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lrs[id(model.backbone.weight)] == pytest.approx(1e-5)  # official: backbone lr x 0.1
+    assert lrs[id(model.head.weight)] == pytest.approx(1e-4)
 
 
 @pytest.mark.parametrize(
@@ -337,6 +357,58 @@ def test_evaluators_pair_each_task_with_its_ground_truth(scenes_root):
     assert results["panoptic_seg"]["PQ"] == pytest.approx(100.0)
     assert results["segm"]["AP"] == pytest.approx(100.0)
     assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+
+
+def test_evaluation_on_some_images_of_a_dataset_scores_those_images(scenes_root, tmp_path):
+    """The benchmark scores the first N images: a ground-truth subset of each task's dataset. On
+    the whole dataset, the image not predicted would count as misses (and pq_compute refuses)."""
+    metadata = MetadataCatalog.get("expedite_scenes_val_panoptic")
+    model = GroundTruthModel("expedite_scenes_val_sem_seg", num_classes=len(metadata.stuff_classes))
+    first_two = list(scenes_test_loader())[:2]
+    cfg = tiny_config()
+    file_names = [batch[0]["file_name"] for batch in first_two]
+
+    def scores(evaluator):
+        evaluator.reset()
+        for batch in first_two:
+            evaluator.process(batch, model(batch))
+        return evaluator.evaluate()
+
+    subset = scores(build_evaluator(cfg, "expedite_scenes_val_panoptic", str(tmp_path / "a"), file_names))
+    assert subset["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+    assert subset["segm"]["AP"] == pytest.approx(100.0)
+    assert subset["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    # Without the subset, the third image's objects count as missed.
+    assert scores(build_segmentation_evaluator({"segm": "expedite_scenes_val"}))["segm"]["AP"] < 90.0
+    with pytest.raises(Exception, match="no prediction for the image"):
+        scores(build_segmentation_evaluator({"panoptic_seg": "expedite_scenes_val_panoptic"}))
+    assert len(DatasetCatalog.get("expedite_scenes_val_panoptic@2")) == 2
+    assert len(DatasetCatalog.get("expedite_scenes_val_panoptic")) == 3  # the original is intact
+
+
+def test_evaluation_subset_names_a_missing_image_and_a_foreign_dataset(scenes_root, tmp_path):
+    with pytest.raises(ValueError, match="has no image named 'nowhere.jpg'"):
+        register_image_subset("expedite_scenes_val", ["nowhere.jpg"], str(tmp_path))
+    with pytest.raises(ConfigError, match="must come from one of them, not from 'expedite_scenes_train'"):
+        build_evaluator(tiny_config(), "expedite_scenes_train", str(tmp_path))
+
+
+def test_benchmark_covers_mask2former_segmentation(scenes_root):
+    cfg = tiny_config(overrides=["model.object_mask_threshold=0.0"])
+    settings = BenchmarkSettings(dataset="expedite_scenes_val_panoptic", num_images=2, warmup=0, iters=1)
+    results = run_benchmark(cfg, settings)
+    assert results["flops"]["ratio"]["backbone"] > 1.1  # stage 3 runs 4 of 6 blocks on 4x4 windows
+    agreement = results["fidelity"]["agreement"]
+    assert 0.0 <= agreement["panoptic_seg"]["pixel_agreement"] <= 1.0
+    assert agreement["sem_seg"]["pixels"] == 2 * 256 * 256
+    metric = results["fidelity"]["task_metric"]
+    assert metric["images"] == 2
+    for model in ("baseline", "expedited"):
+        assert set(metric[model]) == {"panoptic_seg", "segm", "sem_seg"}
+        assert math.isfinite(metric[model]["panoptic_seg"]["PQ"])
+    assert set(results["fidelity"]["feature_cosine"]["backbone"]) == {"res2", "res3", "res4", "res5"}
+    # Stages before the clustering stage are untouched.
+    assert results["fidelity"]["feature_cosine"]["backbone"]["res2"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_tiny_model_runs_through_all_three_evaluators(scenes_root, tmp_path):

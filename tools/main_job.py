@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""The main job (`make main`): token reduction off vs on, on the built-in dataset and model.
+"""The main job (`make main`): token reduction off vs on, on the built-in dataset and models.
+
+For each built-in model (ViTDet Mask R-CNN: boxes and instance masks; Mask2Former with a Swin
+backbone: panoptic, instance and semantic segmentation):
 
 1. Writes the built-in dataset into its cache folder if it is not there yet.
-2. Finds the built-in ViTDet checkpoint (shipped in checkpoints/, or trained once into the cache
-   by train_net.py when it is missing; that takes long on a CPU and happens only once).
+2. Finds the model's checkpoint (shipped in checkpoints/, or trained once into the cache by
+   train_net.py when it is missing; that takes long on a CPU and happens only once).
 3. Evaluates it with ``train_net.py --eval-only`` twice, token reduction off and on, through
-   detectron2's COCOEvaluator, and prints both AP tables side by side.
+   detectron2's evaluators, and prints both metric tables side by side.
 4. Runs the benchmark (FLOPs, backbone and end-to-end latency, agreement) on the validation
    images, and draws baseline vs expedited predictions with the token clusters.
 
@@ -16,12 +19,49 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Tuple
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "ViTDet" / "builtin" / "mask_rcnn_vitdet_scenes.py"
-SHIPPED_CHECKPOINT = REPO / "checkpoints" / "mask_rcnn_vitdet_scenes.pth"
-DISABLE = "model.backbone.net.expedite.enabled=False"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str  # of its checkpoint and output folder
+    config: Path
+    disable: str  # the override that switches token reduction off
+    benchmark_dataset: str  # validation images, as a dataset with the ground truth of all tasks
+    metrics: Tuple[Tuple[str, str], ...]  # (task, metric) rows of the printed table
+    train_minutes: int  # to train it on 2 CPU cores, when no checkpoint is shipped
+
+    @property
+    def shipped_checkpoint(self) -> Path:
+        return REPO / "checkpoints" / f"{self.name}.pth"
+
+
+BUILTIN_MODELS = {
+    "vitdet": BuiltinModel(
+        name="mask_rcnn_vitdet_scenes",
+        config=REPO / "configs" / "ViTDet" / "builtin" / "mask_rcnn_vitdet_scenes.py",
+        disable="model.backbone.net.expedite.enabled=False",
+        benchmark_dataset="expedite_scenes_val",
+        metrics=tuple((task, m) for task in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+        train_minutes=35,
+    ),
+    "mask2former": BuiltinModel(
+        name="mask2former_swin_tiny_scenes",
+        config=REPO / "configs" / "Mask2Former" / "builtin" / "maskformer2_swin_tiny_scenes_panoptic.py",
+        disable="model.backbone.expedite.enabled=False",
+        benchmark_dataset="expedite_scenes_val_panoptic",
+        metrics=(
+            *(("panoptic_seg", m) for m in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")),
+            *(("segm", m) for m in ("AP", "AP50", "AP75")),
+            *(("sem_seg", m) for m in ("mIoU", "pACC")),
+        ),
+        train_minutes=60,
+    ),
+}
 
 
 def cache_dir() -> Path:
@@ -39,58 +79,51 @@ def run(command, log_path: Path):
         sys.exit(f"step failed (exit {result.returncode}); end of {log_path}:\n{tail}")
 
 
-def find_or_train_checkpoint(output: Path) -> Path:
-    if SHIPPED_CHECKPOINT.exists():
-        return SHIPPED_CHECKPOINT
-    trained = cache_dir() / "checkpoints" / "mask_rcnn_vitdet_scenes" / "model_final.pth"
+def find_or_train_checkpoint(model: BuiltinModel, output: Path) -> Path:
+    if model.shipped_checkpoint.exists():
+        return model.shipped_checkpoint
+    trained = cache_dir() / "checkpoints" / model.name / "model_final.pth"
     if not trained.exists():
-        print(f"No built-in checkpoint at {SHIPPED_CHECKPOINT}: training one into {trained.parent} "
-              "(once; about 35 minutes on 2 CPU cores).", flush=True)
+        print(f"No built-in checkpoint at {model.shipped_checkpoint}: training one into {trained.parent} "
+              f"(once; about {model.train_minutes} minutes on 2 CPU cores).", flush=True)
         # Trained without token reduction: the method accelerates an already-trained model.
-        run([sys.executable, "train_net.py", "--config-file", CONFIG, f"train.output_dir={trained.parent}",
-             DISABLE], output / "train.log")
+        run([sys.executable, "train_net.py", "--config-file", model.config,
+             f"train.output_dir={trained.parent}", model.disable], output / "train.log")
     return trained
 
 
-def evaluate(checkpoint: Path, output: Path, *overrides) -> dict:
-    run([sys.executable, "train_net.py", "--eval-only", "--config-file", CONFIG,
+def evaluate(model: BuiltinModel, checkpoint: Path, output: Path, *overrides) -> dict:
+    run([sys.executable, "train_net.py", "--eval-only", "--config-file", model.config,
          f"train.init_checkpoint={checkpoint}", f"train.output_dir={output}", *overrides],
         output / "stdout.log")
     return json.loads((output / "metrics_eval.json").read_text())
 
 
-def ap_table(baseline: dict, expedited: dict) -> str:
-    rows = [f"{'metric':<12}{'baseline':>10}{'expedited':>11}{'delta':>8}"]
-    for task in ("bbox", "segm"):
-        for metric in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-            b, e = baseline[task][metric], expedited[task][metric]
-            rows.append(f"{task + ' ' + metric:<12}{b:>10.2f}{e:>11.2f}{e - b:>+8.2f}")
+def metric_table(model: BuiltinModel, baseline: dict, expedited: dict) -> str:
+    rows = [f"{'metric':<20}{'baseline':>10}{'expedited':>11}{'delta':>8}"]
+    for task, metric in model.metrics:
+        b, e = baseline[task][metric], expedited[task][metric]
+        rows.append(f"{task + ' ' + metric:<20}{b:>10.2f}{e:>11.2f}{e - b:>+8.2f}")
     return "\n".join(rows)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(REPO / "output" / "main_job"), help="folder for all results")
-    parser.add_argument("--benchmark-images", type=int, default=20)
-    args = parser.parse_args()
-    output = Path(args.output).resolve()
-
+def run_model(model: BuiltinModel, output: Path, benchmark_images: int, dataset_root: Path) -> None:
     from expedite_vit.benchmark.report import format_table
-    from expedite_vit.data import ensure_expedite_scenes
 
-    print(f"Built-in dataset: {ensure_expedite_scenes()}", flush=True)
-    checkpoint = find_or_train_checkpoint(output)
+    print(f"\n===== {model.name} ({model.config.relative_to(REPO)}) =====", flush=True)
+    checkpoint = find_or_train_checkpoint(model, output)
     print(f"Checkpoint: {checkpoint}", flush=True)
 
-    baseline = evaluate(checkpoint, output / "eval_baseline", DISABLE)
-    expedited = evaluate(checkpoint, output / "eval_expedite")
-    print("\nCOCO AP on expedite_scenes_val, token reduction off (baseline) and on (expedited):")
-    print(ap_table(baseline, expedited))
+    baseline = evaluate(model, checkpoint, output / "eval_baseline", model.disable)
+    expedited = evaluate(model, checkpoint, output / "eval_expedite")
+    print("\nOn expedite_scenes_val, token reduction off (baseline) and on (expedited):")
+    print(metric_table(model, baseline, expedited))
 
     bench_json = output / "benchmark.json"
-    run([sys.executable, "tools/benchmark.py", "--config-file", CONFIG, "--dataset", "expedite_scenes_val",
-         "--num-images", str(args.benchmark_images), "--output-json", bench_json, "--overwrite",
-         f"train.init_checkpoint={checkpoint}"], output / "benchmark.log")
+    run([sys.executable, "tools/benchmark.py", "--config-file", model.config,
+         "--dataset", model.benchmark_dataset, "--num-images", str(benchmark_images),
+         "--output-json", bench_json, "--overwrite", f"train.init_checkpoint={checkpoint}"],
+        output / "benchmark.log")
     bench = json.loads(bench_json.read_text())
     print("\nSpeed and fidelity, same run, same images (tools/benchmark.py):")
     print(format_table(bench))
@@ -99,11 +132,29 @@ def main():
           f"end to end: {speedup['model']:.2f}x faster.")
 
     vis = output / "visualizations"
-    images = sorted((Path(ensure_expedite_scenes()) / "val").glob("*.jpg"))[:4]
-    run([sys.executable, "demo/demo.py", "--config-file", CONFIG, "--compare", "--overwrite",
+    images = sorted((dataset_root / "val").glob("*.jpg"))[:4]
+    run([sys.executable, "demo/demo.py", "--config-file", model.config, "--compare", "--overwrite",
          "--output", vis, "--input", *images, f"train.init_checkpoint={checkpoint}"], output / "demo.log")
     print(f"\nVisualisations (baseline | expedited | token clusters): {vis}")
-    print(f"Logs, metrics and benchmark JSON: {output}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=str(REPO / "output" / "main_job"), help="folder for all results")
+    parser.add_argument("--models", nargs="+", choices=sorted(BUILTIN_MODELS), default=list(BUILTIN_MODELS),
+                        help="built-in models to run (default: all)")
+    parser.add_argument("--benchmark-images", type=int, default=20)
+    args = parser.parse_args()
+    output = Path(args.output).resolve()
+
+    from expedite_vit.data import ensure_expedite_scenes
+
+    dataset_root = Path(ensure_expedite_scenes())
+    print(f"Built-in dataset: {dataset_root}", flush=True)
+    for key in args.models:
+        model = BUILTIN_MODELS[key]
+        run_model(model, output / model.name, args.benchmark_images, dataset_root)
+    print(f"\nLogs, metrics and benchmark JSON: {output}")
 
 
 if __name__ == "__main__":

@@ -18,18 +18,7 @@ from ..common.models import SWIN_LARGE_CHANNELS, mask2former, swin_large_backbon
 from ..common.optim import adamw, poly_schedule
 
 model = mask2former(
-    backbone=swin_large_backbone(
-        expedite=dict(
-            enabled=True,
-            location=8,  # alpha: blocks at full resolution (counted over all stages): stage 3, block 4
-            grid=8,  # each 12x12 Swin window -> 8x8 clusters
-            n_iters=5,
-            cluster_temperature=0.05,
-            locality_window=7,
-            k=10,
-            reconstruct_temperature=0.05,
-        )
-    ),
+    backbone=swin_large_backbone("ade20k_semantic"),  # model.backbone.expedite
     backbone_channels=SWIN_LARGE_CHANNELS,
     num_classes=150,
     num_queries=100,

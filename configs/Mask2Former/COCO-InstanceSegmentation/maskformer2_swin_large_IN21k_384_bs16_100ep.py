@@ -15,18 +15,7 @@ from ..common.models import SWIN_LARGE_CHANNELS, mask2former, swin_large_backbon
 from ..common.optim import adamw, step_schedule
 
 model = mask2former(
-    backbone=swin_large_backbone(
-        expedite=dict(
-            enabled=True,
-            location=12,  # alpha: blocks at full resolution (counted over all stages): stage 3, block 8
-            grid=8,  # each 12x12 Swin window -> 8x8 clusters
-            n_iters=5,
-            cluster_temperature=0.01,
-            locality_window=11,
-            k=60,
-            reconstruct_temperature=0.01,
-        )
-    ),
+    backbone=swin_large_backbone("coco_instance"),  # model.backbone.expedite
     backbone_channels=SWIN_LARGE_CHANNELS,
     num_classes=80,
     num_queries=200,

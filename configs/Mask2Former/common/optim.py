@@ -5,29 +5,20 @@
 # Not reproduced: upstream clips the gradient norm of the whole model at 0.01 (train_net.py's
 # trainers do not clip), and exempts nn.Embedding weights (queries, level embeddings) from
 # weight decay (detectron2's get_default_optimizer_params cannot single them out).
-from functools import partial
-
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.solver import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler, PolynomialDecayParamScheduler
 
-
-def backbone_lr_factor(parameter_name, multiplier):
-    """Learning-rate factor of a parameter: ``multiplier`` in the (pretrained) backbone."""
-    return multiplier if parameter_name.startswith("backbone.") else 1.0
+from expedite_vit.solver import backbone_lr_factor
 
 
 def adamw(lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1):
     return L(torch.optim.AdamW)(
         params=L(get_default_optimizer_params)(
+            base_lr="${..lr}",  # the lr that lr_factor_func scales
             weight_decay_norm=0.0,
-            # None when all parameters share the lr: the config then also saves as loadable yaml.
-            lr_factor_func=(
-                None
-                if backbone_multiplier == 1.0
-                else partial(backbone_lr_factor, multiplier=backbone_multiplier)
-            ),
+            lr_factor_func=L(backbone_lr_factor)(multiplier=backbone_multiplier),
             overrides={"relative_position_bias_table": {"weight_decay": 0.0}},
         ),
         lr=lr,

@@ -19,6 +19,8 @@ from detectron2.utils.visualizer import Visualizer
 from expedite import WindowClusterState
 
 __all__ = [
+    "PREDICTION_KINDS",
+    "PredictionKindError",
     "add_caption",
     "cluster_labels",
     "draw_predictions",
@@ -35,22 +37,53 @@ def to_rgb(image: np.ndarray, image_format: str) -> np.ndarray:
     return image if image_format == "RGB" else image[:, :, ::-1]
 
 
+PREDICTION_KINDS = ("panoptic_seg", "instances", "sem_seg")
+
+
+class PredictionKindError(ValueError):
+    """The kind of predictions asked to draw is unknown, or the model does not give it."""
+
+
+MASK2FORMER_SWITCHES = {"panoptic_seg": "panoptic_on", "instances": "instance_on", "sem_seg": "semantic_on"}
+
+
 def draw_predictions(
-    image_rgb: np.ndarray, predictions: Dict, metadata: Metadata, confidence_threshold: float
+    image_rgb: np.ndarray,
+    predictions: Dict,
+    metadata: Metadata,
+    confidence_threshold: float,
+    kind: str = "auto",
 ) -> np.ndarray:
-    """Draw a model's outputs for one image on it, as detectron2's demo does: the panoptic
-    segmentation if there is one, else the semantic segmentation, then the instances scoring at
-    least ``confidence_threshold``. Returns an RGB image of the same size."""
+    """Draw one kind of a model's outputs for one image on it: ``kind`` is one of
+    :data:`PREDICTION_KINDS`, or "auto" to draw as detectron2's demo does (the panoptic
+    segmentation if there is one, else the semantic segmentation with the instances on top).
+    Instances are drawn when they score at least ``confidence_threshold``.
+    Returns an RGB image of the same size."""
+    if kind == "auto":
+        kinds = ["panoptic_seg"] if "panoptic_seg" in predictions else [
+            k for k in ("sem_seg", "instances") if k in predictions
+        ]
+    elif kind in PREDICTION_KINDS:
+        if kind not in predictions:
+            raise PredictionKindError(
+                f"the model gives no {kind!r} predictions, only {sorted(predictions)} "
+                f"(a Mask2Former model gives them with model.{MASK2FORMER_SWITCHES[kind]}=True)"
+            )
+        kinds = [kind]
+    else:
+        raise PredictionKindError(f"unknown prediction kind {kind!r}; choose 'auto' or one of {PREDICTION_KINDS}")
+
     visualizer = Visualizer(image_rgb, metadata)
     drawn = visualizer.output
-    if "panoptic_seg" in predictions:
-        segment_ids, segments_info = predictions["panoptic_seg"]
-        drawn = visualizer.draw_panoptic_seg(segment_ids.to("cpu"), segments_info)
-    elif "sem_seg" in predictions:
-        drawn = visualizer.draw_sem_seg(predictions["sem_seg"].argmax(dim=0).to("cpu"))
-    if "instances" in predictions and "panoptic_seg" not in predictions:
-        instances = predictions["instances"].to("cpu")
-        drawn = visualizer.draw_instance_predictions(instances[instances.scores >= confidence_threshold])
+    for kind in kinds:
+        if kind == "panoptic_seg":
+            segment_ids, segments_info = predictions["panoptic_seg"]
+            drawn = visualizer.draw_panoptic_seg(segment_ids.to("cpu"), segments_info)
+        elif kind == "sem_seg":
+            drawn = visualizer.draw_sem_seg(predictions["sem_seg"].argmax(dim=0).to("cpu"))
+        else:
+            instances = predictions["instances"].to("cpu")
+            drawn = visualizer.draw_instance_predictions(instances[instances.scores >= confidence_threshold])
     return drawn.get_image()
 
 

@@ -11,7 +11,6 @@ Two kinds of measures:
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import os
 from collections import defaultdict
@@ -24,6 +23,9 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import Instances, pairwise_iou
 from omegaconf import DictConfig, ListConfig
 from torch import nn
+
+from ..data.subset import register_image_subset
+from ..tools.lazy_config import ConfigError
 
 __all__ = [
     "FeatureSimilarity",
@@ -183,16 +185,35 @@ class OutputRecorder:
         self._handles.clear()
 
 
-def build_evaluator(cfg: DictConfig, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-    """The config's ``dataloader.evaluator`` (one or a list) pointed at ``dataset_name``."""
+def build_evaluator(cfg: DictConfig, dataset_name: str, output_dir: str, file_names=None) -> DatasetEvaluator:
+    """The config's ``dataloader.evaluator`` (one or a list) pointed at ``dataset_name``, or,
+    given ``file_names``, at those images of it only (see :func:`register_image_subset`).
+
+    An evaluator node with a ``datasets`` mapping (:func:`build_segmentation_evaluator`) keeps
+    its own datasets, which must include ``dataset_name``: they hold the ground truth of each
+    task for the same images.
+    """
+    def scored(name: str) -> str:
+        if file_names is None:
+            return name
+        return register_image_subset(name, file_names, os.path.join(output_dir, "ground_truth"))
+
     evaluator_cfg = copy.deepcopy(cfg.dataloader.evaluator)
     nodes = list(evaluator_cfg) if isinstance(evaluator_cfg, ListConfig) else [evaluator_cfg]
     evaluators = []
     for node in nodes:
-        # detectron2's evaluators (COCO, SemSeg, COCOPanoptic) all take these two arguments;
         # output_dir is where COCOEvaluator converts datasets that have no COCO json.
-        node.dataset_name = dataset_name
         node.output_dir = output_dir
+        if "datasets" in node:
+            if dataset_name not in node.datasets.values():
+                raise ConfigError(
+                    f"the config's evaluator scores the datasets {dict(node.datasets)}; the images "
+                    f"to run must come from one of them, not from {dataset_name!r}"
+                )
+            node.datasets = {task: scored(name) for task, name in node.datasets.items()}
+        else:
+            # detectron2's evaluators (COCO, SemSeg, COCOPanoptic) all take dataset_name.
+            node.dataset_name = scored(dataset_name)
         evaluators.append(instantiate(node))
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
@@ -214,39 +235,32 @@ def _metric_deltas(baseline: Mapping, expedited: Mapping) -> Dict:
 
 class TaskMetric:
     """The config's evaluator run over the baseline's and the expedited model's predictions of the
-    same labelled images (streamed: predictions are not kept)."""
+    same labelled images (streamed: predictions are not kept), scored on those images only."""
 
-    def __init__(self, cfg: DictConfig, dataset_name: str, output_dir: str):
+    def __init__(self, cfg: DictConfig, dataset_name: str, file_names: List[str], output_dir: str):
         self.dataset_name = dataset_name
         self.evaluators = {
-            name: build_evaluator(cfg, dataset_name, os.path.join(output_dir, name))
+            name: build_evaluator(cfg, dataset_name, os.path.join(output_dir, name), file_names)
             for name in ("baseline", "expedited")
         }
         for evaluator in self.evaluators.values():
             evaluator.reset()
-        self.image_ids: List = []
+        self.num_images = 0
 
     def add(self, model_input: Dict, outputs: Mapping[str, Dict]) -> None:
-        self.image_ids.append(model_input.get("image_id"))
+        self.num_images += 1
         for name, evaluator in self.evaluators.items():
             evaluator.process([model_input], [outputs[name]])
 
-    def _evaluate(self, evaluator: DatasetEvaluator) -> Dict:
-        # COCOEvaluator scores every image of the dataset unless told which were run; an image
-        # left out would count as all misses.
-        if "img_ids" in inspect.signature(evaluator.evaluate).parameters:
-            return evaluator.evaluate(img_ids=self.image_ids)
-        return evaluator.evaluate()
-
     def summary(self) -> Dict:
         results = {
-            name: {task: dict(metrics) for task, metrics in (self._evaluate(e) or {}).items()}
+            name: {task: dict(metrics) for task, metrics in (e.evaluate() or {}).items()}
             for name, e in self.evaluators.items()
         }
         return {
             "dataset": self.dataset_name,
             "evaluator": type(self.evaluators["baseline"]).__name__,
-            "images": len(self.image_ids),
+            "images": self.num_images,
             **results,
             "delta": _metric_deltas(results["baseline"], results["expedited"]),
         }

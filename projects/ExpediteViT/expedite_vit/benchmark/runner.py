@@ -236,14 +236,16 @@ def measure_token_reduction_time(
     }
 
 
-def _task_metric(cfg: DictConfig, settings: BenchmarkSettings, output_dir: str) -> Optional[TaskMetric]:
+def _task_metric(
+    cfg: DictConfig, settings: BenchmarkSettings, inputs: Sequence[Dict], output_dir: str
+) -> Optional[TaskMetric]:
     """The evaluator of a labelled ``--dataset``; None for files, photographs or unlabelled data."""
     if not settings.dataset:
         return None
     if not has_annotations(DatasetCatalog.get(settings.dataset)[: settings.num_images]):
         logger.warning(f"dataset {settings.dataset!r} has no annotations: the task metric is skipped")
         return None
-    return TaskMetric(cfg, settings.dataset, output_dir)
+    return TaskMetric(cfg, settings.dataset, [x["file_name"] for x in inputs], output_dir)
 
 
 def _forward_each(
@@ -290,7 +292,7 @@ def measure_fidelity_and_memory(
     memory = {name: PeakMemory(device) for name in models}
     recorders = {name: OutputRecorder(backbone_modules(model)) for name, model in models.items()}
     with tempfile.TemporaryDirectory(prefix="expedite_benchmark_eval_") as eval_dir:
-        task_metric = _task_metric(cfg, settings, eval_dir)
+        task_metric = _task_metric(cfg, settings, inputs, eval_dir)
         with inference_context(device, settings.amp), contextlib.ExitStack() as hooks:
             for recorder in recorders.values():
                 hooks.enter_context(recorder)
