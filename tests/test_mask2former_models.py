@@ -30,6 +30,11 @@ from expedite_vit.benchmark import BenchmarkSettings, run_benchmark
 from expedite_vit.benchmark.fidelity import build_evaluator
 from expedite_vit.checkpoint import CheckpointMismatchError, load_checkpoint
 from expedite_vit.data import generate_expedite_scenes, register_expedite_scenes
+from expedite_vit.data.panoptic_semantic import (
+    panoptic_to_semantic,
+    prepare_panoptic_semantic,
+    register_panoptic_with_sem_seg,
+)
 from expedite_vit.data.subset import register_image_subset
 from expedite_vit.data.mask2former_mappers import (
     MaskFormerInstanceDatasetMapper,
@@ -64,10 +69,15 @@ PUBLISHED_PRESETS = {
     PANOPTIC_SWIN_L: (10, 8, 5, 0.05, 7, 10, 0.05),
     INSTANCE_SWIN_L: (12, 8, 5, 0.01, 11, 60, 0.01),
 }
+COCO_PANOPTIC_TASKS = {
+    "panoptic_seg": "coco_2017_val_panoptic",
+    "segm": "coco_2017_val",
+    "sem_seg": "coco_2017_val_panoptic_with_sem_seg",
+}
 # (short edge, max size) at test time, and the evaluated tasks -> datasets.
 TEST_SETTINGS = {
-    PANOPTIC_SWIN_L: (800, 1333, {"panoptic_seg": "coco_2017_val_panoptic", "segm": "coco_2017_val"}),
-    PANOPTIC_R50: (800, 1333, {"panoptic_seg": "coco_2017_val_panoptic", "segm": "coco_2017_val"}),
+    PANOPTIC_SWIN_L: (800, 1333, COCO_PANOPTIC_TASKS),
+    PANOPTIC_R50: (800, 1333, COCO_PANOPTIC_TASKS),
     INSTANCE_SWIN_L: (800, 1333, {"segm": "coco_2017_val"}),
     SEMANTIC_SWIN_L: (640, 2560, {"sem_seg": "ade20k_sem_seg_val"}),
 }
@@ -357,6 +367,47 @@ def test_evaluators_pair_each_task_with_its_ground_truth(scenes_root):
     assert results["panoptic_seg"]["PQ"] == pytest.approx(100.0)
     assert results["segm"]["AP"] == pytest.approx(100.0)
     assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+
+
+def test_semantic_pngs_made_from_panoptic_equal_the_generated_ones(scenes_root, tmp_path):
+    """The built-in dataset writes its semantic PNGs independently of its panoptic ones: deriving
+    them from the panoptic annotation must give the same labels, void included."""
+    written = prepare_panoptic_semantic("expedite_scenes_val_panoptic", str(tmp_path / "semseg"))
+    assert len(written) == 3
+    generated = {r["file_name"]: r["sem_seg_file_name"] for r in DatasetCatalog.get("expedite_scenes_val_sem_seg")}
+    name = register_panoptic_with_sem_seg("expedite_scenes_val_panoptic", str(tmp_path / "semseg"))
+    records = DatasetCatalog.get(name)
+    assert len(records) == 3
+    for record in records:
+        derived = np.asarray(Image.open(record["sem_seg_file_name"]))
+        assert np.array_equal(derived, np.asarray(Image.open(generated[record["file_name"]])))
+        assert record["pan_seg_file_name"]  # still the panoptic record
+    assert prepare_panoptic_semantic("expedite_scenes_val_panoptic", str(tmp_path / "semseg")) == []  # kept
+
+    metadata = MetadataCatalog.get("expedite_scenes_val_panoptic")
+    model = GroundTruthModel(name, num_classes=len(metadata.stuff_classes))
+    results = inference_on_dataset(
+        model, scenes_test_loader(), build_segmentation_evaluator({"sem_seg": name, "panoptic_seg": name})
+    )
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    assert results["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+
+
+def test_panoptic_with_sem_seg_without_its_pngs_says_how_to_make_them(scenes_root, tmp_path):
+    name = register_panoptic_with_sem_seg("expedite_scenes_val_panoptic", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="tools/prepare_panoptic_semantic.py expedite_scenes_val_panoptic"):
+        DatasetCatalog.get(name)
+    assert MetadataCatalog.get("coco_2017_val_panoptic_with_sem_seg").sem_seg_root.endswith(
+        os.path.join("coco", "panoptic_semseg_val2017")
+    )
+
+
+def test_panoptic_to_semantic_labels_each_segment_and_ignores_void():
+    segment_ids = np.array([[0, 5, 5], [7, 7, 0]])
+    labels = panoptic_to_semantic(segment_ids, [{"id": 5, "category_id": 3}, {"id": 7, "category_id": 0}])
+    assert labels.tolist() == [[255, 3, 3], [0, 0, 255]]
+    with pytest.raises(ValueError, match="category id 300"):
+        panoptic_to_semantic(segment_ids, [{"id": 5, "category_id": 300}])
 
 
 def test_evaluation_on_some_images_of_a_dataset_scores_those_images(scenes_root, tmp_path):

@@ -20,8 +20,7 @@ model = mask2former(
     num_classes=133,
     num_queries=100,
     metadata_name="coco_2017_train_panoptic",
-    # No semantic ground truth in detectron2's coco_2017_val_panoptic (see common/data.py).
-    semantic_on=False,
+    semantic_on=True,
     instance_on=True,
     panoptic_on=True,
 )

@@ -8,6 +8,7 @@
 #
 # Datasets are detectron2's built-in registrations under $DETECTRON2_DATASETS:
 # coco_2017_{train,val}_panoptic (coco/panoptic_{split}2017 + annotations/panoptic_{split}2017.json),
+# coco_2017_val_panoptic_with_sem_seg (registered by expedite_vit.data: + coco/panoptic_semseg_val2017),
 # coco_2017_{train,val} (instances), ade20k_sem_seg_{train,val}
 # (ADEChallengeData2016/images + annotations_detectron2, made by detectron2's
 # datasets/prepare_ade20k_sem_seg.py).
@@ -65,13 +66,9 @@ def test_loader(dataset_names, *, short_edge_length, max_size, num_workers=4):
 
 
 def coco_panoptic_dataloader():
-    """COCO panoptic, evaluated for PQ and, as upstream does for panoptic models, mask AP.
-
-    Upstream also reports mIoU on "coco_2017_val_panoptic_with_sem_seg", a registration of its own
-    with semantic PNGs made from the panoptic ones; detectron2's coco_2017_val_panoptic has none,
-    so semantic evaluation is left out (add "sem_seg": <dataset> to the evaluator's datasets and
-    model.semantic_on=True with such a dataset).
-    """
+    """COCO panoptic, evaluated as upstream evaluates its panoptic models: PQ, mask AP, and mIoU on
+    coco_2017_val_panoptic_with_sem_seg (semantic PNGs made from the panoptic ones once, by
+    tools/prepare_panoptic_semantic.py coco_2017_val_panoptic)."""
     dataloader = OmegaConf.create()
     dataloader.train = train_loader(
         "coco_2017_train_panoptic",
@@ -81,7 +78,11 @@ def coco_panoptic_dataloader():
     # Instances are scored against coco_2017_val: the same images and image ids, and the
     # 80 thing classes come first in COCO panoptic, so their contiguous ids agree.
     dataloader.evaluator = L(build_segmentation_evaluator)(
-        datasets={"panoptic_seg": "coco_2017_val_panoptic", "segm": "coco_2017_val"}
+        datasets={
+            "panoptic_seg": "coco_2017_val_panoptic",
+            "segm": "coco_2017_val",
+            "sem_seg": "coco_2017_val_panoptic_with_sem_seg",
+        }
     )
     return dataloader
 

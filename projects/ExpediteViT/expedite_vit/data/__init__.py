@@ -1,5 +1,12 @@
-"""Datasets of ExpediteViT. Importing this package registers the built-in expedite_scenes datasets."""
+"""Datasets of ExpediteViT. Importing this package registers the built-in expedite_scenes datasets
+and coco_2017_{train,val}_panoptic_with_sem_seg."""
 from .builtin import expedite_scenes_dataset_names, expedite_scenes_metadata, register_expedite_scenes
+from .panoptic_semantic import (
+    panoptic_to_semantic,
+    prepare_panoptic_semantic,
+    register_coco_panoptic_with_sem_seg,
+    register_panoptic_with_sem_seg,
+)
 from .synthetic_scenes import (
     CATEGORIES,
     STUFF_CATEGORIES,
@@ -21,6 +28,10 @@ __all__ = [
     "expedite_scenes_metadata",
     "generate_expedite_scenes",
     "is_expedite_scenes_complete",
+    "panoptic_to_semantic",
+    "prepare_panoptic_semantic",
+    "register_coco_panoptic_with_sem_seg",
     "register_expedite_scenes",
+    "register_panoptic_with_sem_seg",
     "render_scene",
 ]

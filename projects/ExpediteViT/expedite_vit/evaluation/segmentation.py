@@ -10,7 +10,8 @@ task            evaluator                               dataset needed (``evalua
 =============== ======================================= ==========================================
 "panoptic_seg"  ``COCOPanopticEvaluator``               COCO panoptic ("coco_panoptic_seg")
 "segm"          ``COCOEvaluator(tasks=("segm",))``      COCO instances json (``json_file``)
-"sem_seg"       ``SemSegEvaluator``                     semantic PNGs (``sem_seg_file_name``)
+"sem_seg"       ``SemSegEvaluator``                     semantic PNGs (``sem_seg_file_name``:
+                                                        "sem_seg" or "..._panoptic_with_sem_seg")
 =============== ======================================= ==========================================
 
 The test loader may read any of these datasets as long as they describe the same images:
@@ -55,10 +56,13 @@ def _check_dataset(task: str, dataset_name: str) -> None:
             f"'segm' needs a dataset with a COCO instances json (metadata json_file); "
             f"{dataset_name!r} (evaluator_type {evaluator_type!r}) has none"
         )
-    if task == "sem_seg" and evaluator_type != "sem_seg":
+    # A panoptic dataset registered with semantic PNGs (register_panoptic_with_sem_seg) has a
+    # sem_seg_root but keeps its panoptic evaluator_type.
+    if task == "sem_seg" and evaluator_type != "sem_seg" and not metadata.get("sem_seg_root"):
         raise ValueError(
-            f"'sem_seg' needs a semantic segmentation dataset (evaluator_type 'sem_seg', dicts with "
-            f"sem_seg_file_name); {dataset_name!r} has evaluator_type {evaluator_type!r}"
+            f"'sem_seg' needs a semantic segmentation dataset (evaluator_type 'sem_seg', or a "
+            f"panoptic one with semantic PNGs such as 'coco_2017_val_panoptic_with_sem_seg'); "
+            f"{dataset_name!r} has evaluator_type {evaluator_type!r} and no sem_seg_root"
         )
 
 
