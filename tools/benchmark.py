@@ -100,7 +100,11 @@ def main(argv=None) -> int:
         write_json(results, args.output_json)
         logger.info(f"Results written to {args.output_json}")
     if args.output_md:
-        title = f"{os.path.basename(args.config_file)} on {results['environment']['device_name']}"
+        # Named by its folder too: configs of different tasks share file names.
+        config_name = os.path.relpath(args.config_file, os.path.join(os.path.dirname(__file__), "..", "configs"))
+        if config_name.startswith(os.pardir):
+            config_name = os.path.basename(args.config_file)
+        title = f"{config_name} on {results['environment']['device_name']}"
         write_markdown(markdown_section(results, title), args.output_md, append=args.append)
         logger.info(f"Markdown section written to {args.output_md}")
     return 0
