@@ -6,7 +6,9 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "checkpoint_keys")
+# State-dict keys and shapes of the official ViTDet and Mask2Former checkpoints (a copy of the
+# project's shared fixtures, so that a clone tests on its own).
+FIXTURES = os.path.join(REPO, "tests", "fixtures", "checkpoint_keys")
 
 # Tests run on few cores, and results must not depend on how many threads there are.
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -32,5 +34,5 @@ def skip_weight_init():
 @pytest.fixture(scope="session")
 def fixtures_dir():
     if not os.path.isdir(FIXTURES):
-        pytest.fail(f"checkpoint key fixtures not found at {FIXTURES} (shared/ must sit beside the repo)")
+        pytest.fail(f"checkpoint key fixtures not found at {FIXTURES}")
     return FIXTURES
