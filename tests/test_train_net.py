@@ -131,6 +131,17 @@ def test_bad_override_keys_are_named(tiny_cfg, override, message):
     assert message in str(error.value)
 
 
+def test_unparsable_override_value_is_named_with_the_fix():
+    # The shell leaves "~" unexpanded after "=", and hydra's grammar cannot read it.
+    with pytest.raises(ConfigError) as error:
+        load_config(str(TINY_CONFIG), ["train.init_checkpoint=~/weights.pth"])
+    message = str(error.value)
+    assert "cannot parse the override 'train.init_checkpoint=~/weights.pth'" in message
+    assert "use $HOME" in message
+    cfg = load_config(str(TINY_CONFIG), ["train.init_checkpoint='~/weights.pth'"])  # quoted: taken as is
+    assert cfg.train.init_checkpoint == "~/weights.pth"
+
+
 def test_load_config_applies_typed_values(tiny_coco_dir):
     cfg = load_config(
         str(TINY_CONFIG),

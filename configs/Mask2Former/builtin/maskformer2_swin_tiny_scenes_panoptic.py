@@ -2,7 +2,7 @@
 # dataset (6 thing + 2 stuff classes, 256x256 images): the architecture of the official models at a
 # size that trains from scratch on 2 CPU cores: 1500 iterations of 4 images take about 57 minutes
 # with OMP_NUM_THREADS=1 (on a busy machine one thread avoids threads waiting on each other).
-# The shipped checkpoint (checkpoints/mask2former_swin_tiny_scenes.pth) had a second round of
+# The main job's checkpoint (tools/main_job.py, trained into the cache) has a second round of
 # 1200 iterations started from the first's weights (train.init_checkpoint=.../model_final.pth
 # train.max_iter=1200): PQ 25.4 -> 28.6 on expedite_scenes_val.
 #

@@ -12,6 +12,11 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detectron2.config import LazyConfig
+
+try:
+    from hydra.errors import OverrideParseException
+except ImportError:  # without hydra, detectron2 splits key=value itself and cannot fail to parse
+    OverrideParseException = ()
 from detectron2.utils.registry import locate
 
 __all__ = [
@@ -127,11 +132,17 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None) -> 
     check_override_keys(cfg, overrides)
     # detectron2 without hydra would keep a leading "+" as part of the key; the check above
     # has already handled what "+" means, so hand over plain key=value pairs.
-    plain_overrides = []
     for override in overrides:
         key, value, _ = split_override(override)
-        plain_overrides.append(f"{key}={value}")
-    return LazyConfig.apply_overrides(cfg, plain_overrides)
+        try:
+            cfg = LazyConfig.apply_overrides(cfg, [f"{key}={value}"])
+        except OverrideParseException as error:
+            raise ConfigError(
+                f"cannot parse the override {override!r} ({str(error).splitlines()[0].split(':')[0]}): "
+                f"quote a value holding special characters (key='value'), and write a path in full "
+                f"(the shell does not expand '~' after '='; use $HOME)"
+            ) from error
+    return cfg
 
 
 def check_device(device: str) -> None:
