@@ -4,12 +4,18 @@
     python train_net.py --config-file CONFIG.py --eval-only train.init_checkpoint=MODEL.pth
     python train_net.py --config-file CONFIG.py --num-gpus 8 train.output_dir=OUT
 
-Override keys that are not in the config are refused (``+key=value`` adds one on purpose).
-Evaluation results are logged and, with --eval-only, saved to OUTPUT_DIR/metrics_eval.json.
+Everything the user can get wrong is checked before any file is written or any worker started:
+override keys (``+key=value`` adds one on purpose), the type and range of every token-reduction
+setting, the settings against the model, the device, the checkpoint file, and the output folder,
+which must not hold another run's results (``--overwrite``, or ``--resume`` for training) and is
+locked while the run writes into it. Each mistake is one line on stderr and exit code 2.
+Evaluation results are logged and, with --eval-only, saved to OUTPUT_DIR/metrics_eval.json;
+predictions or metrics that are NaN are an error.
 """
 import json
 import logging
 import os
+import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
@@ -26,26 +32,35 @@ from detectron2.engine import (
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
-from expedite_vit.checkpoint import load_checkpoint
+from expedite_vit.checkpoint import load_checkpoint, read_checkpoint
+from expedite_vit.evaluation import FiniteOutputs, check_finite_metrics
+from expedite_vit.runtime.cli import EXIT_RUN_FAILED, exit_on_user_error
+from expedite_vit.runtime.output import claim_output_folder
 from expedite_vit.tools.lazy_config import (
     ConfigError,
     check_device,
+    check_model_settings,
     default_evaluator_output_dir,
     load_config,
+    split_override,
 )
 
 logger = logging.getLogger("detectron2.train_net")
 
 EVAL_RESULTS_FILE = "metrics_eval.json"
+PROG = "train_net.py"
 
 
 def evaluate(cfg, model):
     """Run the test loader through ``model`` and return the evaluator's results."""
     results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        FiniteOutputs(model), instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )
     print_csv_format(results)
+    if comm.is_main_process():
+        check_finite_metrics(results)
     return results
 
 
@@ -85,13 +100,18 @@ def train(cfg, resume):
     trainer.train(start_iter, cfg.train.max_iter)
 
 
-def eval_only(cfg):
+def eval_only(cfg, preloaded=None):
+    path = os.path.join(cfg.train.output_dir, EVAL_RESULTS_FILE)
+    if comm.is_main_process() and os.path.exists(path):
+        os.remove(path)  # --overwrite: a failed run must not leave the previous run's metrics
     model = instantiate(cfg.model).to(cfg.train.device)
     logger.info("Model:\n%s", model)
-    load_checkpoint(model, cfg.train.init_checkpoint)
+    if cfg.train.init_checkpoint:
+        load_checkpoint(model, cfg.train.init_checkpoint, preloaded=preloaded)
+    else:
+        logger.warning("--random-weights: evaluating UNTRAINED weights; the metrics mean nothing")
     results = evaluate(cfg, model)
     if comm.is_main_process():
-        path = os.path.join(cfg.train.output_dir, EVAL_RESULTS_FILE)
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
         logger.info("Evaluation results saved to %s", path)
@@ -107,32 +127,79 @@ def setup(args):
     return cfg
 
 
-def main(args):
-    """Per-process entry point; returns the evaluation results with --eval-only, else None."""
-    cfg = setup(args)
-    if args.eval_only:
-        return eval_only(cfg)
-    train(cfg, resume=args.resume)
+def main(args, preloaded_checkpoint=None):
+    """Per-process entry point; returns the evaluation results with --eval-only, else None.
+
+    In a worker process a user error (e.g. NaN predictions) is one line and exit code 1, like
+    in a single process, rather than a worker traceback.
+    """
+    with exit_on_user_error(PROG, code=EXIT_RUN_FAILED):
+        cfg = setup(args)
+        if args.eval_only:
+            return eval_only(cfg, preloaded_checkpoint)
+        train(cfg, resume=args.resume)
     return None
 
 
-def check_args(parser, args):
-    """Report config errors once, before worker processes are spawned."""
-    try:
-        check_device(load_config(args.config_file, args.opts).train.device)
-    except ConfigError as error:
-        parser.error(str(error))
+def _checkpoint_given(opts) -> bool:
+    return any(split_override(o)[0] == "train.init_checkpoint" for o in opts if "=" in o)
+
+
+def prepare(args):
+    """Check everything that can be checked without running, in the launching process.
+
+    Returns:
+        the config and, for --eval-only, the checkpoint as read (None for random weights).
+
+    Raises:
+        ConfigError, CheckpointFileError: one line naming the problem.
+    """
+    cfg = load_config(args.config_file, args.opts)  # keys, and the type and range of settings
+    check_device(cfg.train.device)
+    check_model_settings(cfg)  # settings against the model (blocks, windows)
+    path = cfg.train.init_checkpoint or ""
+    if args.eval_only and args.random_weights:
+        if _checkpoint_given(args.opts) and path:
+            raise ConfigError("--random-weights evaluates untrained weights: drop train.init_checkpoint=, or the flag")
+        cfg.train.init_checkpoint = ""
+        return cfg, None
+    if args.eval_only and not (_checkpoint_given(args.opts) and path):
+        configured = f" (the config's own, {path!r}, is what training starts from)" if path else ""
+        raise ConfigError(
+            f"--eval-only needs trained weights: add train.init_checkpoint=PATH{configured}, "
+            f"or pass --random-weights to evaluate untrained weights on purpose"
+        )
+    # Training starts from a partial checkpoint (e.g. ImageNet weights) that may be a download;
+    # it is read there. Evaluation reads the file now, before a model is built.
+    return cfg, read_checkpoint(path) if args.eval_only else None
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--overwrite", action="store_true", help="replace the results in train.output_dir")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="with --eval-only: evaluate untrained weights on purpose"
+    )
+    return parser
 
 
 if __name__ == "__main__":
-    parser = default_argument_parser()
-    args = parser.parse_args()
-    check_args(parser, args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    args = argument_parser().parse_args()
+    with exit_on_user_error(PROG):
+        cfg, checkpoint = prepare(args)
+        with claim_output_folder(cfg.train.output_dir, overwrite=args.overwrite, resume=args.resume):
+            if args.random_weights:
+                args.opts = [*args.opts, "train.init_checkpoint="]
+            world_size = args.num_gpus * args.num_machines
+            try:
+                launch(
+                    main,
+                    args.num_gpus,
+                    num_machines=args.num_machines,
+                    machine_rank=args.machine_rank,
+                    dist_url=args.dist_url,
+                    # A worker reads the file itself: the checkpoint is not sent to other processes.
+                    args=(args, checkpoint if world_size == 1 else None),
+                )
+            except ProcessExitedException:  # the worker has printed its error
+                sys.exit(EXIT_RUN_FAILED)

@@ -12,9 +12,13 @@ import torch
 from detectron2.config import LazyConfig
 from PIL import Image
 
+from expedite_vit.checkpoint import read_checkpoint
+from expedite_vit.evaluation import FiniteOutputs, NonFiniteError, check_finite_metrics
+from expedite_vit.runtime.output import LOCK_FILE, OutputFolderError, claim_output_folder
 from expedite_vit.tools.lazy_config import (
     ConfigError,
     check_device,
+    check_model_settings,
     check_override_keys,
     load_config,
 )
@@ -244,3 +248,180 @@ def test_eval_only_end_to_end(trained_dir, tmp_path, expedite):
     assert f"Loading from {checkpoint}" in log
     # The evaluator wrote its predictions next to the log (output_dir defaulted).
     assert (tmp_path / "coco_instances_results.json").exists()
+
+
+# ---- settings checked when the config is loaded ------------------------------------------
+
+EXPEDITE = "model.backbone.net.expedite"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("enabled=no", "enabled='no' (str) is not allowed"),
+        ("enabled=off", "enabled='off' (str) is not allowed"),
+        ("cluster_temperature=abc", "cluster_temperature='abc' (str) is not allowed"),
+        ("grid=4.0", "grid=4.0 (float) is not allowed"),
+        ("location=true", "location=True (bool) is not allowed"),
+        ("reconstruct_temperature=inf", "reconstruct_temperature=inf (float) is not allowed"),
+        ("cluster_temperature=inf", "cluster_temperature=inf (float) is not allowed"),
+        ("k=0", "k=0 (int) is not allowed"),
+    ],
+)
+def test_bad_settings_are_refused_when_the_config_is_loaded(tiny_coco_dir, override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(str(TINY_CONFIG), [f"{EXPEDITE}.{override}"])
+    text = str(error.value)
+    assert text.startswith(f"{EXPEDITE}.") and message in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("location=9", f"{EXPEDITE}.location=9"),  # the tiny ViT has 4 blocks
+        ("grid=5", f"{EXPEDITE}.grid"),  # its windows are 4x4
+    ],
+)
+def test_settings_that_do_not_fit_the_host_are_refused_before_building(tiny_coco_dir, override, message):
+    cfg = load_config(str(TINY_CONFIG), [f"{EXPEDITE}.{override}"])
+    with pytest.raises(ConfigError) as error:
+        check_model_settings(cfg)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_bad_setting_is_one_line_and_writes_nothing(tiny_coco_dir, tmp_path):
+    output = tmp_path / "run"
+    result = run_train_net("--eval-only", f"train.output_dir={output}", f"{EXPEDITE}.enabled=no")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"train_net.py: error: {EXPEDITE}.enabled='no' (str) is not allowed: it must be True or False "
+        "(a bool; strings such as 'no' or 'true' are refused)"
+    ]
+    assert not output.exists()
+
+
+def test_bad_setting_leaves_the_previous_runs_config(trained_dir, tmp_path):
+    output = tmp_path / "run"
+    checkpoint = trained_dir / "model_final.pth"
+    first = run_train_net("--eval-only", f"train.output_dir={output}", f"train.init_checkpoint={checkpoint}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    again = run_train_net(
+        "--eval-only", "--overwrite", f"train.output_dir={output}", f"train.init_checkpoint={checkpoint}",
+        f"{EXPEDITE}.grid=4.0",
+    )
+    assert again.returncode == 2 and "grid=4.0 (float)" in again.stderr
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+
+
+# ---- checkpoints ------------------------------------------------------------------------
+
+
+def test_eval_only_without_checkpoint_is_refused(tiny_coco_dir, tmp_path):
+    result = run_train_net("--eval-only", f"train.output_dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert "--eval-only needs trained weights: add train.init_checkpoint=PATH" in result.stderr
+    assert "--random-weights" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_random_weights_on_purpose(tiny_coco_dir, tmp_path):
+    result = run_train_net("--eval-only", "--random-weights", f"train.output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "evaluating UNTRAINED weights" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_a_checkpoint", "missing"])
+def test_broken_checkpoint_is_named_before_the_model_is_built(trained_dir, tmp_path, damage):
+    path = tmp_path / "weights.pth"
+    data = (trained_dir / "model_final.pth").read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "not_a_checkpoint":
+        path.write_bytes(b"not a checkpoint\n" * 100)
+    result = run_train_net("--eval-only", f"train.output_dir={tmp_path / 'run'}", f"train.init_checkpoint={path}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0], result.stderr[-3000:]
+    expected = {"truncated": "truncated or corrupt", "not_a_checkpoint": "not a PyTorch or detectron2 checkpoint",
+                "missing": "does not exist"}[damage]
+    assert expected in lines[0]
+    assert "weights_only" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before building the model or writing anything
+
+
+def test_read_checkpoint_keeps_matching_heuristics_query(tmp_path):
+    # The preloaded checkpoint must carry what detectron2 reads from the URL query.
+    path = tmp_path / "w.pth"
+    torch.save({"model": {"a": torch.zeros(1)}}, path)
+    assert read_checkpoint(f"{path}?matching_heuristics=True")["matching_heuristics"] is True
+    assert "matching_heuristics" not in read_checkpoint(str(path))
+
+
+# ---- output folders ----------------------------------------------------------------------
+
+
+def test_output_folder_with_results_is_refused_unless_overwrite(trained_dir, tmp_path):
+    checkpoint = trained_dir / "model_final.pth"
+    (tmp_path / "metrics_eval.json").write_text("{}")
+    refused = run_train_net("--eval-only", f"train.output_dir={tmp_path}", f"train.init_checkpoint={checkpoint}")
+    assert refused.returncode == 2
+    assert "already holds results (metrics_eval.json); pass --overwrite" in refused.stderr
+    assert (tmp_path / "metrics_eval.json").read_text() == "{}"
+    replaced = run_train_net(
+        "--eval-only", "--overwrite", f"train.output_dir={tmp_path}", f"train.init_checkpoint={checkpoint}"
+    )
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert "bbox" in json.loads((tmp_path / "metrics_eval.json").read_text())
+    assert not (tmp_path / LOCK_FILE).exists()  # released
+
+
+def test_concurrent_run_is_refused_and_stale_lock_replaced(tmp_path):
+    (tmp_path / LOCK_FILE).write_text(str(os.getpid()))  # a live process holds the folder
+    with pytest.raises(OutputFolderError, match=f"another run \\(process {os.getpid()}\\) is writing"):
+        with claim_output_folder(str(tmp_path)):
+            pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_FILE).write_text(dead.stdout.strip())  # that process has ended
+    with claim_output_folder(str(tmp_path)) as folder:
+        assert (folder / LOCK_FILE).read_text() == str(os.getpid())
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+# ---- NaN is an error ---------------------------------------------------------------------
+
+
+def test_nan_predictions_are_an_error():
+    from detectron2.structures import Boxes, Instances
+
+    instances = Instances((8, 8), pred_boxes=Boxes(torch.tensor([[0.0, 0.0, float("nan"), 2.0]])),
+                          scores=torch.tensor([0.5]))
+    model = FiniteOutputs(lambda inputs: [{"instances": instances}])
+    with pytest.raises(NonFiniteError, match="predictions for a.png hold NaN or inf \\(instances.pred_boxes\\)"):
+        model([{"file_name": "a.png"}])
+
+
+def test_nan_metrics_are_an_error_except_where_evaluators_leave_nan():
+    check_finite_metrics({"bbox": {"AP": 1.0, "APs": float("nan"), "AP-cat": float("nan")}})
+    with pytest.raises(NonFiniteError, match="metrics segm/AP are NaN"):
+        check_finite_metrics({"bbox": {"AP": 1.0}, "segm": {"AP": float("nan")}})
+
+
+# ---- several processes ---------------------------------------------------------------------
+
+
+def test_two_processes_equal_one_and_report_errors_the_same(trained_dir, tmp_path):
+    checkpoint = trained_dir / "model_final.pth"
+    one = run_train_net("--eval-only", f"train.output_dir={tmp_path / 'one'}", f"train.init_checkpoint={checkpoint}")
+    two = run_train_net("--eval-only", "--num-gpus", "2", f"train.output_dir={tmp_path / 'two'}",
+                        f"train.init_checkpoint={checkpoint}")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "one" / "metrics_eval.json").read_text()) == json.loads(
+        (tmp_path / "two" / "metrics_eval.json").read_text()
+    )
+    bad = run_train_net("--eval-only", "--num-gpus", "2", f"train.output_dir={tmp_path / 'bad'}",
+                        f"train.init_checkpoint={checkpoint}", f"{EXPEDITE}.enabled=no")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [line for line in bad.stderr.strip().splitlines() if "error:" in line]
+    assert len(bad.stderr.strip().splitlines()) == 1

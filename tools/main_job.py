@@ -5,17 +5,20 @@ For each built-in model (ViTDet Mask R-CNN: boxes and instance masks; Mask2Forme
 backbone: panoptic, instance and semantic segmentation):
 
 1. Writes the built-in dataset into its cache folder if it is not there yet.
-2. Finds the model's checkpoint: shipped in checkpoints/ (ViTDet), or trained by train_net.py
-   into the cache (Mask2Former, whose 15 MB of weights are not kept in git; about 100 minutes on
-   2 CPU cores, once).
+2. Takes the model's checkpoint shipped in checkpoints/ (float16 weights). It never trains unless
+   asked: ``--train`` retrains the chosen models from scratch into the cache
+   (``$EXPEDITE_CACHE/checkpoints/<name>/``, with token reduction off, as the shipped ones were
+   made) and evaluates those instead.
 3. Evaluates it with ``train_net.py --eval-only`` twice, token reduction off and on, through
    detectron2's evaluators, and prints both metric tables side by side.
 4. Runs the benchmark (FLOPs, backbone and end-to-end latency, agreement) on the validation
    images, and draws baseline vs expedited predictions with the token clusters.
 
-The same steps work for COCO with an official checkpoint: see the README.
+Each run writes into a new folder, output/main_job/<date>-<time>/, so no earlier result is
+replaced. The same steps work for COCO with an official checkpoint: see the README.
 """
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -34,7 +37,7 @@ class BuiltinModel:
     disable: str  # the override that switches token reduction off
     benchmark_dataset: str  # validation images, as a dataset with the ground truth of all tasks
     metrics: Tuple[Tuple[str, str], ...]  # (task, metric) rows of the printed table
-    train_minutes: int  # to train it on 2 CPU cores, when no checkpoint is shipped
+    train_minutes: int  # to train it on 2 CPU cores, with --train
     # Overrides of each further training round, started from the previous round's weights.
     further_rounds: Tuple[Tuple[str, ...], ...] = ()
 
@@ -66,7 +69,7 @@ BUILTIN_MODELS = {
             *(("segm", m) for m in ("AP", "AP50", "AP75")),
             *(("sem_seg", m) for m in ("mIoU", "pACC")),
         ),
-        train_minutes=100,
+        train_minutes=45,
         further_rounds=(("train.max_iter=1200",),),  # PQ 25.4 -> 28.6 on expedite_scenes_val
     ),
 }
@@ -87,32 +90,37 @@ def run(command, log_path: Path):
         sys.exit(f"step failed (exit {result.returncode}); end of {log_path}:\n{tail}")
 
 
-def find_or_train_checkpoint(model: BuiltinModel, output: Path) -> Path:
-    if model.shipped_checkpoint.exists():
-        return model.shipped_checkpoint
+def shipped_checkpoint(model: BuiltinModel) -> Path:
+    if not model.shipped_checkpoint.exists():
+        sys.exit(f"the built-in checkpoint {model.shipped_checkpoint} is missing (is this a full clone?); "
+                 f"`tools/main_job.py --train` trains it into {model.cached_checkpoint.parent} "
+                 f"(about {model.train_minutes} minutes on 2 CPU cores)")
+    return model.shipped_checkpoint
+
+
+def train_checkpoint(model: BuiltinModel, output: Path) -> Path:
+    """Train ``model`` from scratch into the cache, round by round; a round that an interrupted
+    job left unfinished is resumed, one that finished is kept."""
     trained = model.cached_checkpoint
-    if not trained.exists():
-        print(f"No built-in checkpoint at {model.shipped_checkpoint}: training one into {trained.parent} "
-              f"(once; about {model.train_minutes} minutes on 2 CPU cores).", flush=True)
-        # Trained without token reduction: the method accelerates an already-trained model.
-        rounds = [(), *model.further_rounds]
-        weights = ""
-        for index, overrides in enumerate(rounds):
-            round_dir = trained.parent if index == len(rounds) - 1 else trained.parent / f"round{index + 1}"
-            if (round_dir / "model_final.pth").exists():  # done by an earlier, interrupted job
-                weights = round_dir / "model_final.pth"
-                continue
-            run([sys.executable, "train_net.py", "--config-file", model.config, f"train.output_dir={round_dir}",
-                 f"train.init_checkpoint={weights}", model.disable, *overrides],
+    print(f"Training {model.name} into {trained.parent} (about {model.train_minutes} minutes on 2 CPU cores).",
+          flush=True)
+    # Trained without token reduction: the method accelerates an already-trained model.
+    rounds = [(), *model.further_rounds]
+    weights = ""
+    for index, overrides in enumerate(rounds):
+        round_dir = trained.parent if index == len(rounds) - 1 else trained.parent / f"round{index + 1}"
+        if not (round_dir / "model_final.pth").exists():
+            run([sys.executable, "train_net.py", "--config-file", model.config, "--resume",
+                 f"train.output_dir={round_dir}", f"train.init_checkpoint={weights}", model.disable, *overrides],
                 output / f"train_round{index + 1}.log")
-            weights = round_dir / "model_final.pth"
+        weights = round_dir / "model_final.pth"
     return trained
 
 
 def evaluate(model: BuiltinModel, checkpoint: Path, output: Path, *overrides) -> dict:
     run([sys.executable, "train_net.py", "--eval-only", "--config-file", model.config,
          f"train.init_checkpoint={checkpoint}", f"train.output_dir={output}", *overrides],
-        output / "stdout.log")
+        output.with_name(f"{output.name}.log"))  # beside the folder: train_net.py wants it empty
     return json.loads((output / "metrics_eval.json").read_text())
 
 
@@ -124,11 +132,11 @@ def metric_table(model: BuiltinModel, baseline: dict, expedited: dict) -> str:
     return "\n".join(rows)
 
 
-def run_model(model: BuiltinModel, output: Path, benchmark_images: int, dataset_root: Path) -> None:
+def run_model(model: BuiltinModel, output: Path, benchmark_images: int, dataset_root: Path, train: bool) -> None:
     from expedite_vit.benchmark.report import format_table
 
     print(f"\n===== {model.name} ({model.config.relative_to(REPO)}) =====", flush=True)
-    checkpoint = find_or_train_checkpoint(model, output)
+    checkpoint = train_checkpoint(model, output) if train else shipped_checkpoint(model)
     print(f"Checkpoint: {checkpoint}", flush=True)
 
     baseline = evaluate(model, checkpoint, output / "eval_baseline", model.disable)
@@ -157,12 +165,19 @@ def run_model(model: BuiltinModel, output: Path, benchmark_images: int, dataset_
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(REPO / "output" / "main_job"), help="folder for all results")
+    parser.add_argument("--output", help="new folder for all results (default: output/main_job/<date>-<time>)")
     parser.add_argument("--models", nargs="+", choices=sorted(BUILTIN_MODELS), default=list(BUILTIN_MODELS),
                         help="built-in models to run (default: all)")
     parser.add_argument("--benchmark-images", type=int, default=20)
+    parser.add_argument("--train", action="store_true",
+                        help="retrain the models from scratch into the cache and evaluate those (not the shipped ones)")
     args = parser.parse_args()
-    output = Path(args.output).resolve()
+    if args.benchmark_images < 1:
+        parser.error(f"--benchmark-images must be at least 1, got {args.benchmark_images}")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    output = Path(args.output or REPO / "output" / "main_job" / stamp).resolve()
+    if output.exists() and any(output.iterdir()):
+        parser.error(f"--output {output} already holds results; choose a new folder")
 
     from expedite_vit.data import ensure_expedite_scenes
 
@@ -170,7 +185,7 @@ def main():
     print(f"Built-in dataset: {dataset_root}", flush=True)
     for key in args.models:
         model = BUILTIN_MODELS[key]
-        run_model(model, output / model.name, args.benchmark_images, dataset_root)
+        run_model(model, output / model.name, args.benchmark_images, dataset_root, args.train)
     print(f"\nLogs, metrics and benchmark JSON: {output}")
 
 

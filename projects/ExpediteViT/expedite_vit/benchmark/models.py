@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from ..checkpoint import load_checkpoint
-from ..tools.lazy_config import ConfigError
+from ..tools.lazy_config import ConfigError, expedite_nodes
 
 __all__ = [
     "backbone_modules",
@@ -37,23 +37,6 @@ RANDOM_WEIGHTS_WARNING = (
     "!! Pass train.init_checkpoint=PATH (a trained model_final.pth or .pkl) for real predictions.\n"
     + "!" * 88
 )
-
-
-def expedite_nodes(node, path: str = "model") -> List[Tuple[str, DictConfig]]:
-    """Every ``expedite`` settings node under ``node``, with its dotted path."""
-    found = []
-    if isinstance(node, DictConfig):
-        for key in node.keys():
-            child = node.get(key)
-            child_path = f"{path}.{key}"
-            if key == "expedite" and isinstance(child, DictConfig):
-                found.append((child_path, child))
-            else:
-                found.extend(expedite_nodes(child, child_path))
-    elif isinstance(node, ListConfig):
-        for index, child in enumerate(node):
-            found.extend(expedite_nodes(child, f"{path}.{index}"))
-    return found
 
 
 def with_expedite_disabled(model_cfg: DictConfig) -> DictConfig:

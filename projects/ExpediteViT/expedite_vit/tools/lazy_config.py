@@ -6,12 +6,14 @@ something other than what was asked. ``load_config`` checks every override key f
 """
 import difflib
 import inspect
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from detectron2.config import LazyConfig
+from detectron2.config import LazyConfig, instantiate
+from expedite import ExpediteConfig
 
 try:
     from hydra.errors import OverrideParseException
@@ -22,6 +24,8 @@ from detectron2.utils.registry import locate
 __all__ = [
     "ConfigError",
     "check_device",
+    "check_expedite_settings",
+    "check_model_settings",
     "check_override_keys",
     "default_evaluator_output_dir",
     "load_config",
@@ -126,7 +130,11 @@ def check_override_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
 
 
 def load_config(config_file: str, overrides: Optional[Sequence[str]] = None) -> DictConfig:
-    """``LazyConfig.load`` then ``LazyConfig.apply_overrides``, refusing unknown override keys."""
+    """``LazyConfig.load`` then ``LazyConfig.apply_overrides``, refusing unknown override keys,
+    then :func:`check_expedite_settings`: every setting the user can get wrong is checked here,
+    before any caller writes anything."""
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file {config_file!r} does not exist")
     cfg = LazyConfig.load(config_file)
     overrides = list(overrides or [])
     check_override_keys(cfg, overrides)
@@ -142,7 +150,68 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None) -> 
                 f"quote a value holding special characters (key='value'), and write a path in full "
                 f"(the shell does not expand '~' after '='; use $HOME)"
             ) from error
+    check_expedite_settings(cfg)
     return cfg
+
+
+def expedite_nodes(node, path: str = "model") -> List[Tuple[str, DictConfig]]:
+    """Every ``expedite`` settings node under ``node``, with its dotted path."""
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node.get(key)
+            child_path = f"{path}.{key}"
+            if key == "expedite" and isinstance(child, DictConfig):
+                found.append((child_path, child))
+            else:
+                found.extend(expedite_nodes(child, child_path))
+    elif isinstance(node, ListConfig):
+        for index, child in enumerate(node):
+            found.extend(expedite_nodes(child, f"{path}.{index}"))
+    return found
+
+
+def _with_path(error: Exception, path: str) -> str:
+    """The settings object names a field ``expedite.<field>``; the user wrote ``<path>.<field>``."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return path + message[len("expedite") :] if message.startswith("expedite.") else f"{path}: {message}"
+
+
+def check_expedite_settings(cfg: DictConfig) -> None:
+    """Build every ``expedite`` node of ``cfg.model`` (an :class:`expedite.ExpediteConfig`, whose
+    constructor checks the type and range of every field) and raise a one-line ``ConfigError``
+    naming the key, the value and what is allowed, e.g. for ``...expedite.enabled=no``."""
+    for path, node in expedite_nodes(cfg.get("model")):
+        try:
+            instantiate(node) if "_target_" in node else ExpediteConfig(**node)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(_with_path(error, path)) from None
+
+
+def check_model_settings(cfg: DictConfig) -> None:
+    """Check every ``expedite`` node against the host it sits in (``expedite.location`` past the
+    last block, a grid larger than the window, ...) without building the model: the host class's
+    ``check_expedite_settings(expedite, **host_arguments)`` is called with the host node's
+    arguments. Raises a one-line ``ConfigError`` naming the key.
+    """
+    for path, node in expedite_nodes(cfg.get("model")):
+        host_path = path.rpartition(".")[0]
+        host = OmegaConf.select(cfg, host_path)
+        target = host.get("_target_") if isinstance(host, DictConfig) else None
+        host_class = locate(target) if isinstance(target, str) else target
+        check = getattr(host_class, "check_expedite_settings", None)
+        if check is None:
+            continue
+        arguments = {
+            str(key): OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            for key, value in host.items()
+            if key not in ("_target_", "expedite")
+        }
+        settings = instantiate(node) if "_target_" in node else ExpediteConfig(**node)
+        try:
+            check(settings, **arguments)
+        except ValueError as error:
+            raise ConfigError(_with_path(error, path)) from None
 
 
 def check_device(device: str) -> None:
