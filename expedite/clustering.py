@@ -57,9 +57,24 @@ class GridLayout:
     sources: torch.Tensor
 
 
-def _cell_of_position(size: int, cells: int) -> torch.Tensor:
-    # The cell whose centre is nearest: floor((i + 0.5) * cells / size), exact in integers.
-    return ((2 * torch.arange(size) + 1) * cells) // (2 * size)
+OWN_CELLS = ("centre", "floor")
+
+
+def _cell_of_position(size: int, cells: int, own_cell: str = "centre") -> torch.Tensor:
+    """(size,) long: the grid cell each of ``size`` positions belongs to, for its locality window.
+
+    "centre": the cell whose centre is nearest, floor((i + 1/2) * cells / size), exact in
+    integers; symmetric, so a window and its mirror image get mirrored cells.
+    "floor": the official code's nearest-neighbour interpolation of the cell labels,
+    floor(i * cells / size) as PyTorch computes it in float32 (it agrees with the exact integer
+    floor for every window size up to 43); it leans towards the top-left cells.
+    """
+    if own_cell == "centre":
+        return ((2 * torch.arange(size) + 1) * cells) // (2 * size)
+    if own_cell == "floor":
+        labels = torch.arange(cells, dtype=torch.float32).reshape(1, 1, cells)
+        return F.interpolate(labels, size=size, mode="nearest").reshape(size).long()
+    raise ValueError(f"own_cell must be one of {OWN_CELLS}, got {own_cell!r}")
 
 
 def _pad_rows(rows, pad_value: int) -> torch.Tensor:
@@ -68,10 +83,12 @@ def _pad_rows(rows, pad_value: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_layout_cpu(height: int, width: int, grid_h: int, grid_w: int, radius: int) -> GridLayout:
+def _grid_layout_cpu(
+    height: int, width: int, grid_h: int, grid_w: int, radius: int, own_cell: str
+) -> GridLayout:
     num_tokens, num_cells = height * width, grid_h * grid_w
-    token_row = _cell_of_position(height, grid_h).repeat_interleave(width)
-    token_col = _cell_of_position(width, grid_w).repeat(height)
+    token_row = _cell_of_position(height, grid_h, own_cell).repeat_interleave(width)
+    token_col = _cell_of_position(width, grid_w, own_cell).repeat(height)
     tiles_h, tiles_w = -(-grid_h // TILE), -(-grid_w // TILE)
     token_tile = (token_row // TILE) * tiles_w + token_col // TILE
 
@@ -103,10 +120,17 @@ def _grid_layout_cpu(height: int, width: int, grid_h: int, grid_w: int, radius: 
 
 
 def grid_layout(
-    height: int, width: int, grid_h: int, grid_w: int, radius: int, device: torch.device
+    height: int,
+    width: int,
+    grid_h: int,
+    grid_w: int,
+    radius: int,
+    device: torch.device,
+    own_cell: str = "centre",
 ) -> GridLayout:
-    """Index tables for clustering an ``height x width`` map to ``grid_h x grid_w`` (cached)."""
-    layout = _grid_layout_cpu(height, width, grid_h, grid_w, radius)
+    """Index tables for clustering an ``height x width`` map to ``grid_h x grid_w`` (cached);
+    ``own_cell`` as in :func:`cluster_tokens`."""
+    layout = _grid_layout_cpu(height, width, grid_h, grid_w, radius, own_cell)
     return GridLayout(*(t.to(device) for t in (layout.members, layout.candidates, layout.allowed, layout.sources)))
 
 
@@ -155,6 +179,8 @@ def cluster_tokens(
     temperature: float,
     radius: int,
     token_mask: Optional[torch.Tensor] = None,
+    *,
+    own_cell: str = "centre",
 ) -> Tuple[torch.Tensor, ClusterContext]:
     """Cluster each token map into a smaller map of centres by local soft k-means.
 
@@ -165,6 +191,8 @@ def cluster_tokens(
         temperature: multiplier ``t`` of the assignment ``softmax(-t * squared distance)``.
         radius: a token may join centres within ``radius`` cells of its own cell.
         token_mask: (G, H, W) bool, False for padding tokens that must not shape any centre.
+        own_cell: which grid cell centres a token's locality window: "centre" (ours, the cell
+            whose centre is nearest) or "floor" (the official code's, ``floor(i * h / H)``).
 
     Returns:
         centres: (G, h, w, C) in ``x.dtype``; centres of cells with no valid token are zero.
@@ -181,7 +209,7 @@ def cluster_tokens(
             token_mask = torch.ones(groups, height, width, dtype=torch.bool, device=x.device)
         centres, centre_valid = _initial_centres(x32, token_mask, grid)
         tokens = x32.reshape(groups, height * width, channels)
-        layout = grid_layout(height, width, grid_h, grid_w, radius, x.device)
+        layout = grid_layout(height, width, grid_h, grid_w, radius, x.device, own_cell)
 
         member_tokens = _pad_one(tokens)[:, layout.members]  # (G, T, P, C)
         member_weight = _pad_one(token_mask.reshape(groups, -1).float())[:, layout.members]  # (G, T, P)
@@ -221,6 +249,9 @@ def reconstruct_tokens(
     k: int,
     temperature: float,
     normalize: str = "sum",
+    *,
+    keep_ties: bool = False,
+    shift_distances: bool = True,
 ) -> torch.Tensor:
     """Rebuild full-resolution token maps from refined centres.
 
@@ -233,11 +264,17 @@ def reconstruct_tokens(
         refined: (G, h, w, C) centres after the later blocks.
         context: from :func:`cluster_tokens` on the same groups.
         k: clusters per token, ``1 <= k <= h * w``.
-        temperature: the multiplier ``t'``.
+        temperature: the multiplier ``t'``, finite and > 0 (any size: see ``shift_distances``).
         normalize: "sum" or "l2".
+        keep_ties: False (ours): exactly ``k`` clusters per token. True (official): every
+            cluster whose weight is >= the k-th largest, so ties give more than ``k``.
+        shift_distances: True (ours): the distances are shifted by each token's smallest before
+            ``exp``, which leaves the normalised weights unchanged and keeps them finite and
+            non-zero for any ``temperature``. False (official): ``exp(-t' d)`` as it is, which
+            underflows to 0 once ``t' * d_min`` exceeds about 90; such a token becomes 0.
 
     Returns:
-        (G, H, W, C) tokens in ``refined.dtype``.
+        (G, H, W, C) tokens in ``refined.dtype``; never NaN for finite inputs.
     """
     groups, grid_h, grid_w, channels = (int(d) for d in refined.shape)
     num_centres = grid_h * grid_w
@@ -254,16 +291,31 @@ def reconstruct_tokens(
     with torch.autocast(refined.device.type, enabled=False):
         with torch.no_grad():
             distances = _squared_distances(context.tokens, context.centres)  # (G, N, M)
-            distances = distances.masked_fill(~context.centre_valid.unsqueeze(1), _POS_LARGE)
-            nearest, index = torch.topk(distances, k, dim=-1, largest=False, sorted=False)
-            # Shifting by the nearest distance leaves the normalised weights unchanged and avoids
-            # underflow when every distance is large.
-            weights = torch.exp(-temperature * (nearest - nearest.amin(-1, keepdim=True)))
-            if normalize == "sum":
-                weights = weights / weights.sum(-1, keepdim=True)
+            valid = context.centre_valid.unsqueeze(1)  # (G, 1, M)
+            distances = distances.masked_fill(~valid, _POS_LARGE)
+            if keep_ties:
+                if shift_distances:
+                    distances = distances - distances.amin(-1, keepdim=True)
+                # Dense weights; ties are decided on the weights, as the official code does.
+                weights = torch.exp(-temperature * distances)
+                # Invalid centres rank below every real weight (>= 0) and are dropped after.
+                ranked = weights.masked_fill(~valid, -1.0)
+                kth = torch.topk(ranked, k, dim=-1).values.amin(-1, keepdim=True)
+                mixing = torch.where((ranked >= kth) & valid, weights, torch.zeros_like(weights))
             else:
-                weights = weights / weights.norm(dim=-1, keepdim=True)
-            mixing = torch.zeros_like(distances).scatter_(-1, index, weights)  # (G, N, M), k non-zeros
+                nearest, index = torch.topk(distances, k, dim=-1, largest=False, sorted=False)
+                if shift_distances:
+                    # Shifting by the nearest distance leaves the normalised weights unchanged
+                    # and avoids underflow when every distance is large.
+                    nearest = nearest - nearest.amin(-1, keepdim=True)
+                weights = torch.exp(-temperature * nearest)
+                mixing = torch.zeros_like(distances).scatter_(-1, index, weights)  # k non-zeros
+            # The clamp only acts on rows that underflowed to all zeros (unshifted weights): they
+            # stay 0 instead of becoming NaN, as F.normalize does in the official code.
+            if normalize == "sum":
+                mixing = mixing / mixing.sum(-1, keepdim=True).clamp_min(1e-12)
+            else:
+                mixing = mixing / mixing.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         out = mixing @ refined.float().reshape(groups, num_centres, channels)
     height, width = context.size
     return out.reshape(groups, height, width, channels).to(out_dtype)

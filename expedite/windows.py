@@ -5,6 +5,11 @@ out), and the windows of centres are put back together into a smaller map. That 
 the centres that hold real tokens, so a later windowed block, which pads to whole windows itself,
 sees exactly the layout the full-resolution block saw: the same windows, each ``grid`` instead of
 ``window`` tokens wide, and global blocks see no padding at all.
+
+With ``mask_padding=False`` (the official code's behaviour) the zero padding tokens take part in
+clustering like real tokens and the reduced map keeps the centres of every padded window
+(``num_windows * grid`` per side, e.g. 64x64 with 14x14 windows to 7x7 gives 35x35, not 32x32):
+the later blocks run on that map, and reconstruction crops back to ``H x W`` at the end.
 """
 from __future__ import annotations
 
@@ -19,9 +24,12 @@ from .clustering import ClusterContext, cluster_tokens, reconstruct_tokens
 __all__ = ["WindowClusterState", "cluster_windows", "reconstruct_windows", "reduced_length"]
 
 
-def reduced_length(length: int, window: int, cells: int) -> int:
+def reduced_length(length: int, window: int, cells: int, *, mask_padding: bool = True) -> int:
     """Length of the reduced map along one axis: ``cells`` per whole window, and for a partial
-    window the cells whose pooling region starts inside the real tokens."""
+    window the cells whose pooling region starts inside the real tokens (all ``cells`` with
+    ``mask_padding=False``, as :func:`cluster_windows` lays them out)."""
+    if not mask_padding:
+        return -(-length // window) * cells
     whole, rest = divmod(length, window)
     partial = sum(1 for i in range(cells) if (i * window) // cells < rest)
     return whole * cells + partial
@@ -64,6 +72,9 @@ def cluster_windows(
     n_iters: int,
     temperature: float,
     radius: int,
+    *,
+    own_cell: str = "centre",
+    mask_padding: bool = True,
 ) -> Tuple[torch.Tensor, WindowClusterState]:
     """Cluster every ``window x window`` window of a map to ``grid`` centres.
 
@@ -71,21 +82,30 @@ def cluster_windows(
         x: (B, H, W, C) token map; H and W need not be multiples of ``window``.
         window: attention window of the host's blocks.
         grid: (h, w) centres per window.
-        n_iters, temperature, radius: as in :func:`expedite.clustering.cluster_tokens`.
+        n_iters, temperature, radius, own_cell: as in :func:`expedite.clustering.cluster_tokens`.
+        mask_padding: True (ours): padding tokens are masked out and the reduced map is cropped
+            to the centres holding real tokens. False (official): the zero padding tokens are
+            clustered like real ones and the reduced map is not cropped.
 
     Returns:
-        reduced: (B, H', W', C) with ``H' = reduced_length(H, window, h)`` (likewise W').
+        reduced: (B, H', W', C) with ``H' = reduced_length(H, window, h, mask_padding=...)``
+            (likewise W').
         state: for :func:`reconstruct_windows`.
     """
     # int(): under tracing (fvcore's flop count) shapes are tensors; the layout is static anyway.
     batch, height, width = (int(d) for d in x.shape[:3])
     n_h, n_w = -(-height // window), -(-width // window)
-    mask = torch.ones(batch, height, width, 1, dtype=x.dtype, device=x.device)
     padded = _partition(_pad_to(x, n_h * window, n_w * window), window, window)
-    valid = _partition(_pad_to(mask, n_h * window, n_w * window), window, window)[..., 0] > 0
-    centres, context = cluster_tokens(padded, grid, n_iters, temperature, radius, token_mask=valid)
+    valid = None
+    if mask_padding:
+        mask = torch.ones(batch, height, width, 1, dtype=x.dtype, device=x.device)
+        valid = _partition(_pad_to(mask, n_h * window, n_w * window), window, window)[..., 0] > 0
+    centres, context = cluster_tokens(
+        padded, grid, n_iters, temperature, radius, token_mask=valid, own_cell=own_cell
+    )
     reduced = _merge(centres, (n_h, n_w))
-    out_h, out_w = reduced_length(height, window, grid[0]), reduced_length(width, window, grid[1])
+    out_h = reduced_length(height, window, grid[0], mask_padding=mask_padding)
+    out_w = reduced_length(width, window, grid[1], mask_padding=mask_padding)
     state = WindowClusterState(context, (height, width), (n_h, n_w), window, tuple(grid))
     return reduced[:, :out_h, :out_w].contiguous(), state
 
@@ -96,19 +116,32 @@ def reconstruct_windows(
     k: int,
     temperature: float,
     normalize: str = "sum",
+    *,
+    keep_ties: bool = False,
+    shift_distances: bool = True,
 ) -> torch.Tensor:
     """Rebuild the full map from a refined reduced map, window by window.
 
     Args:
-        reduced: (B, H', W', C) map of refined centres, as laid out by :func:`cluster_windows`.
+        reduced: (B, H', W', C) map of refined centres, as laid out by :func:`cluster_windows`
+            (cropped or not).
         state: from :func:`cluster_windows` on the same batch.
-        k, temperature, normalize: as in :func:`expedite.clustering.reconstruct_tokens`.
+        k, temperature, normalize, keep_ties, shift_distances: as in
+            :func:`expedite.clustering.reconstruct_tokens`.
 
     Returns:
-        (B, H, W, C).
+        (B, H, W, C): every window rebuilt, then cropped to the map's size.
     """
     (n_h, n_w), (grid_h, grid_w) = state.num_windows, state.grid
     refined = _partition(_pad_to(reduced, n_h * grid_h, n_w * grid_w), grid_h, grid_w)
-    full = reconstruct_tokens(refined, state.context, k, temperature, normalize)
+    full = reconstruct_tokens(
+        refined,
+        state.context,
+        k,
+        temperature,
+        normalize,
+        keep_ties=keep_ties,
+        shift_distances=shift_distances,
+    )
     height, width = state.size
     return _merge(full, (n_h, n_w))[:, :height, :width].contiguous()

@@ -2,8 +2,10 @@
 
 import itertools
 import json
+import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 
+from expedite_vit.checkpoint import CheckpointMismatchError, load_checkpoint
 from expedite_vit.modeling.mask2former import (
     HungarianMatcher,
     MaskFormer,
@@ -29,6 +32,7 @@ from expedite_vit.modeling.mask2former import (
     build_mask2former_head,
     ms_deform_attn_core_pytorch,
 )
+from expedite_vit.modeling.mask2former import legacy_keys
 
 FIXTURE = "mask2former_official.json"  # in the conftest's fixtures_dir
 NAMES = ("res2", "res3", "res4", "res5")
@@ -586,3 +590,110 @@ def test_bad_inputs_give_clear_errors():
         instantiate(tiny_model_config(sem_seg_postprocess_before_inference=False))
     with pytest.raises(ValueError, match="num_queries"):
         instantiate(tiny_model_config(num_queries=7))
+
+
+# ---------------------------------------------------------------------------------------------
+# Old key names of released checkpoints (legacy_keys.py)
+
+OLD_QUERY = "sem_seg_head.predictor.static_query.weight"
+NEW_QUERY = "sem_seg_head.predictor.query_feat.weight"
+
+
+def old_query_checkpoint(state):
+    """``state`` with the query features under the name older official checkpoints use."""
+    checkpoint = dict(state)
+    checkpoint[OLD_QUERY] = checkpoint.pop(NEW_QUERY)
+    return checkpoint
+
+
+def save_checkpoint(checkpoint, path):
+    """Write a detectron2 model-zoo .pkl (numpy arrays), the format of the released files."""
+    import pickle
+
+    model = {k: v.numpy() for k, v in checkpoint.items()}
+    with open(path, "wb") as f:
+        pickle.dump({"model": model, "__author__": "test"}, f)
+    return str(path)
+
+
+def semantic_outputs(model):
+    with torch.no_grad():
+        return [r["sem_seg"] for r in model.eval()(tiny_inputs(with_instances=False))]
+
+
+class LegacyKeyLog(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        logging.getLogger(legacy_keys.__name__).addHandler(self)
+        return self.messages
+
+    def __exit__(self, *exc):
+        logging.getLogger(legacy_keys.__name__).removeHandler(self)
+
+
+def test_old_query_name_loads_with_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    trained = instantiate(tiny_model_config())
+    state = trained.state_dict()
+    expected = semantic_outputs(trained)
+    old = old_query_checkpoint(state)
+
+    torch.manual_seed(1)
+    by_state_dict = instantiate(tiny_model_config())
+    with LegacyKeyLog() as messages:
+        by_state_dict.load_state_dict(old, strict=True)
+    assert len(messages) == 1 and OLD_QUERY in messages[0] and NEW_QUERY in messages[0]
+    assert OLD_QUERY in old and NEW_QUERY not in old  # the caller's dict is left as it was
+
+    torch.manual_seed(2)
+    by_checkpointer = instantiate(tiny_model_config())
+    with LegacyKeyLog() as messages:
+        load_checkpoint(by_checkpointer, save_checkpoint(old, tmp_path / "old.pkl"))
+    assert len(messages) == 1
+
+    for model in (by_state_dict, by_checkpointer):
+        assert torch.equal(model.state_dict()[NEW_QUERY], state[NEW_QUERY])
+        for got, want in zip(semantic_outputs(model), expected):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_old_pixel_decoder_layout_loads():
+    # MaskFormer-era heads: pixel decoder weights directly under sem_seg_head.
+    torch.manual_seed(0)
+    state = instantiate(tiny_model_config()).state_dict()
+    old = {k.replace("sem_seg_head.pixel_decoder.", "sem_seg_head."): v for k, v in state.items()}
+    model = instantiate(tiny_model_config())
+    with LegacyKeyLog() as messages:
+        model.load_state_dict(old, strict=True)
+    assert len(messages) == 1
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {NEW_QUERY: torch.zeros(6, 32)},  # both names
+        {"sem_seg_head.predictor.bogus.weight": torch.zeros(1)},  # unknown, in the decoder
+        {"sem_seg_head.bogus.weight": torch.zeros(1)},  # unknown, would-be pixel decoder key
+    ],
+    ids=["both_names", "unknown_decoder_key", "unknown_head_key"],
+)
+def test_old_names_do_not_hide_other_mismatches(tmp_path, extra):
+    torch.manual_seed(0)
+    checkpoint = {**old_query_checkpoint(instantiate(tiny_model_config()).state_dict()), **extra}
+    unexpected = OLD_QUERY if NEW_QUERY in extra else next(iter(extra))
+    model = instantiate(tiny_model_config())
+    with pytest.raises(RuntimeError, match=re.escape(unexpected)):
+        model.load_state_dict(checkpoint, strict=True)
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_checkpoint(model, save_checkpoint(checkpoint, tmp_path / "bad.pkl"))
+    message = str(error.value)
+    assert "not in the model (1)" in message and unexpected in message
+    assert "missing" not in message

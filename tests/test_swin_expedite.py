@@ -119,8 +119,7 @@ def test_location_counts_blocks_over_all_stages(location, stage, block):
     """The published Swin-L operating points (alpha 10, 12, 8) all fall in stage 3 (index 2)."""
     with torch.device("meta"):
         model = D2SwinTransformer(**SWIN_LARGE, expedite=ExpediteConfig(location=location, grid=8))
-    hosts = [i for i, layer in enumerate(model.layers) if layer.expedite is not None]
-    assert hosts == [stage] and model.layers[stage].expedite_from_block == block
+    assert model.reduction_point() == (stage, block)
 
 
 @pytest.mark.parametrize(
@@ -213,8 +212,8 @@ def test_lazy_config_instantiates():
     node = L(D2SwinTransformer)(**TINY, expedite=L(ExpediteConfig)(**REDUCING))
     node.expedite.location = 4
     model = instantiate(node)
-    assert model.layers[2].expedite_from_block == 0
-    assert model.layers[2].token_clustering.window == 6
+    assert model.reduction_point() == (2, 0)
+    assert model.token_clustering.window == 6
 
 
 # --- Expedited behaviour --------------------------------------------------------------------------
@@ -418,15 +417,23 @@ def test_shifted_block_on_reduced_map_matches_reference():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(location=10), r"expedite\.location=10 is past the last Swin block.*\[0, 9\]"),
-        (dict(grid=8), r"expedite\.grid 8x8 is larger than the 6x6 Swin window"),
-        (dict(grid=(4, 3)), r"expedite\.grid must be square"),
-        (dict(grid=2, k=5), r"expedite\.k=5"),
+        (dict(location=10), r"^expedite\.location=10 is past the last Swin block: depths \[2, 2, 4, 2\] .*\[0, 9\]"),
+        (dict(grid=8), r"^expedite\.grid=\(8, 8\): grid 8x8 is larger than the 6x6 Swin window"),
+        (dict(grid=(4, 3)), r"^expedite\.grid=\(4, 3\): grid 4x3 must be square"),
+        (dict(grid=2, k=5), r"^expedite\.k=5 is above the cluster count 4"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_error(settings, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as err:
         D2SwinTransformer(**TINY, expedite=ExpediteConfig(**{**REDUCING, **settings}))
+    assert "\n" not in str(err.value)
+    # Made on a built model, the same settings fail at the next forward with the same message.
+    model = build(ExpediteConfig(**{**REDUCING, "enabled": False}))
+    for key, value in settings.items():
+        setattr(model.expedite, key, value)
+    model.expedite.enabled = True
+    with pytest.raises(ValueError, match=message):
+        model(images(1, 3, 64, 64))
 
 
 def test_bad_arguments_fail_with_a_clear_error():
@@ -449,3 +456,54 @@ def test_expedited_backbone_costs_fewer_flops():
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         counts[name] = analysis.total()
     assert counts["expedited"] < 0.95 * counts["plain"]
+
+
+# --- Settings changed on a built model ------------------------------------------------------------
+
+
+def test_switching_on_a_model_built_with_reduction_off():
+    x = images(1, 3, 96, 80)
+    off = build(ExpediteConfig(**{**REDUCING, "enabled": False}))
+    with torch.no_grad():
+        plain = off(x)
+        assert off.reduction_point() is None
+        off.expedite.enabled = True
+        assert off.reduction_point() == (2, 1)
+        assert_outputs_close(off(x), build(ExpediteConfig(**REDUCING))(x), atol=0)
+        off.expedite.enabled = False
+        assert_outputs_close(off(x), plain, atol=0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(grid=3), dict(location=8), dict(location=2, grid=5, k=3), dict(implementation="official")],
+)
+def test_changing_settings_on_a_built_model_equals_a_fresh_build(change):
+    x = images(1, 3, 96, 80)
+    model = build(ExpediteConfig(**REDUCING))
+    with torch.no_grad():
+        before = model(x)
+        for key, value in change.items():
+            setattr(model.expedite, key, value)
+        after = model(x)
+        assert_outputs_close(after, build(ExpediteConfig(**{**REDUCING, **change}))(x), atol=0)
+    assert not torch.equal(after["res5"], before["res5"])
+
+
+def test_bad_assignment_on_a_built_model_is_refused_at_once():
+    model = build(ExpediteConfig(**REDUCING))
+    with pytest.raises(ValueError, match=r"^expedite\.location=True \(bool\) is not allowed: "):
+        model.expedite.location = True
+    with pytest.raises(ValueError, match=r"^expedite\.implementation='Official' \(str\) is not allowed: "):
+        model.expedite.implementation = "Official"
+    assert model.expedite.location == 5 and model.expedite.implementation == "default"
+
+
+def test_state_dict_is_the_same_with_reduction_on_or_off():
+    on, off = build(ExpediteConfig(**REDUCING)), build()
+    assert on.state_dict().keys() == off.state_dict().keys()
+    from expedite import TokenClusteringLayer, TokenReconstructionLayer
+
+    for model in (on, off):
+        kinds = [type(m) for m in model.modules()]
+        assert kinds.count(TokenClusteringLayer) == kinds.count(TokenReconstructionLayer) == 1

@@ -86,15 +86,94 @@ def test_training_through_the_layers():
 @pytest.mark.parametrize(
     "expedite,message",
     [
-        (dict(location=1, grid=5, k=1), "larger than the 4x4 window"),
-        (dict(location=4, grid=2, k=1), "location=4 is outside the blocks"),
-        (dict(location=1, grid=2, k=5), "above the cluster count 4"),
-        (dict(location=1, grid=(2, 3), k=1), "must be square"),
+        (dict(location=1, grid=5, k=1), r"^expedite\.grid=\(5, 5\): grid 5x5 is larger than the 4x4 ViT window"),
+        (dict(location=4, grid=2, k=1), r"^expedite\.location=4 is past the last ViT block: .*\[0, 3\]"),
+        (dict(location=1, grid=2, k=5), r"^expedite\.k=5 is above the cluster count 4"),
+        (dict(location=1, grid=(2, 3), k=1), r"^expedite\.grid=\(2, 3\): grid 2x3 must be square"),
     ],
 )
 def test_bad_settings_are_named(expedite, message):
     with pytest.raises(ValueError, match=message):
         ExpeditedViT(expedite=ExpediteConfig(**expedite), **TINY_VIT)
+    # The same settings made on a built model fail at the next forward, with the same message.
+    _, fast = tiny_pair(enabled=False)
+    for key, value in expedite.items():
+        setattr(fast.expedite, key, value)
+    fast.expedite.enabled = True
+    with pytest.raises(ValueError, match=message):
+        fast(torch.randn(1, 3, 64, 64))
+
+
+def test_windowless_vit_is_refused_only_when_enabled():
+    kwargs = {**TINY_VIT, "window_size": 0, "window_block_indexes": []}
+    model = ExpeditedViT(expedite=ExpediteConfig(enabled=False), **kwargs)
+    model.expedite.enabled = True
+    with pytest.raises(ValueError, match="this ViT has no windowed attention"):
+        model(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="this ViT has no windowed attention"):
+        ExpeditedViT(expedite=ExpediteConfig(location=1, grid=2, k=1), **kwargs)
+
+
+# --- Settings changed on a built model ----------------------------------------------------------
+
+
+def test_switching_on_a_model_built_with_reduction_off():
+    _, built_off = tiny_pair(enabled=False)
+    _, built_on = tiny_pair(location=1, grid=3, k=4)
+    x = torch.randn(1, 3, 128, 112)
+    with torch.no_grad():
+        plain = built_off(x)["last_feat"]
+        built_off.expedite.location, built_off.expedite.grid, built_off.expedite.k = 1, 3, 4
+        torch.testing.assert_close(built_off(x)["last_feat"], plain, rtol=0, atol=0)  # still off
+        built_off.expedite.enabled = True
+        torch.testing.assert_close(built_off(x)["last_feat"], built_on(x)["last_feat"], rtol=0, atol=0)
+        built_on.expedite.enabled = False
+        torch.testing.assert_close(built_on(x)["last_feat"], plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(grid=2), dict(location=2), dict(grid=2, location=3, k=2, n_iters=1), dict(implementation="official")],
+)
+def test_changing_settings_on_a_built_model_equals_a_fresh_build(change):
+    start = dict(location=1, grid=3, k=4)
+    _, model = tiny_pair(**start)
+    _, fresh = tiny_pair(**{**start, **change})
+    x = torch.randn(2, 3, 112, 144)
+    with torch.no_grad():
+        before = model(x)["last_feat"]
+        for key, value in change.items():
+            setattr(model.expedite, key, value)
+        after = model(x)["last_feat"]
+        torch.testing.assert_close(after, fresh(x)["last_feat"], rtol=0, atol=0)
+    assert not torch.allclose(after, before)
+    # A whole new config object works too, and the layers follow it.
+    _, other = tiny_pair(**start)
+    other.expedite = ExpediteConfig(**{**start, **change})
+    assert other.token_clustering.config is other.token_reconstruction.config is other.expedite
+    with torch.no_grad():
+        torch.testing.assert_close(other(x)["last_feat"], after, rtol=0, atol=0)
+
+
+def test_bad_assignment_on_a_built_model_is_refused_at_once():
+    _, model = tiny_pair(location=1, grid=3, k=4)
+    with pytest.raises(ValueError, match=r"^expedite\.grid=8\.0 \(float\) is not allowed: "):
+        model.expedite.grid = 8.0
+    with pytest.raises(ValueError, match=r"^expedite\.enabled='no' \(str\) is not allowed: "):
+        model.expedite.enabled = "no"
+    with pytest.raises(TypeError, match="ExpediteConfig"):
+        model.expedite = {"grid": 2}
+    assert model.expedite.grid == (3, 3) and model.expedite.enabled is True
+
+
+def test_layers_exist_and_hold_no_tensors_either_way():
+    from expedite import TokenClusteringLayer, TokenReconstructionLayer
+
+    for settings in (dict(enabled=False), dict(location=1, grid=2, k=2)):
+        _, model = tiny_pair(**settings)
+        kinds = {type(m) for m in model.modules()}
+        assert {TokenClusteringLayer, TokenReconstructionLayer} <= kinds
+        assert not any(k.startswith("token_") for k in model.state_dict())
 
 
 def test_image_smaller_than_a_patch_is_named():

@@ -4,9 +4,9 @@
 # backbone.
 #
 # Published (Expedit paper, ADE20K val, single scale): mIoU 55.8 -> 55.5, 937 -> 620
-# GFLOPs. The paper gives alpha 8 and an 8x8 grid for this model; the other settings are the
-# COCO panoptic preset's (a dense task too). Turn token reduction off with
-# model.backbone.expedite.enabled=False.
+# GFLOPs. The preset is the released Expedit config's for this model (location 7, 8x8, 5 iters,
+# t 0.01, window 5, k 10, t' 0.01): SWIN_LARGE_EXPEDITE_PRESETS in ../common/models.py. Turn token
+# reduction off with model.backbone.expedite.enabled=False.
 #
 # Evaluate the official model (it loads unchanged, expedite on or off):
 #   python train_net.py --eval-only --config-file THIS_FILE train.init_checkpoint=https://dl.fbaipublicfiles.com/maskformer/mask2former/ade20k/semantic/maskformer2_swin_large_IN21k_384_bs16_160k_res640/model_final_6b4a3a.pkl

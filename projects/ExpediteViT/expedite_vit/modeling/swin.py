@@ -14,6 +14,13 @@ thing). With it on, in the stage that holds block ``expedite.location`` (counted
   shift, and relative position bias tables resized from the checkpoint's on the fly;
 - at the end of the stage every window is rebuilt at full resolution, so patch merging, the later
   stages and the ``res2``..``res5`` outputs see the same shapes as without reduction.
+
+The settings are read at each forward (the stage and block of ``location`` are found then), so
+reduction can be switched on, off or re-tuned on a built model. With
+``expedite.implementation="official"`` the official Mask2Former fork is reproduced: padding
+clustered and the reduced map not cropped (a 40x40 stage with 12x12 windows to 8x8 gives 32x32),
+bias tables resized bilinearly, and the shifted-window mask built for the checkpoint's shift
+(``window_size // 2``) while the reduced blocks roll by ``grid // 2``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from detectron2.modeling import Backbone, ShapeSpec
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from expedite import ExpediteConfig, TokenClusteringLayer, TokenReconstructionLayer
+from expedite import ExpediteConfig, ExpediteHost, TokenClusteringLayer, TokenReconstructionLayer
 
 __all__ = [
     "D2SwinTransformer",
@@ -61,16 +68,22 @@ def relative_position_index(window: int, device: Optional[torch.device] = None) 
     return d_row * (2 * window - 1) + d_col
 
 
-def resize_relative_position_bias_table(table: torch.Tensor, window: int) -> torch.Tensor:
+BIAS_RESIZE_MODES = ("bicubic", "bilinear")
+
+
+def resize_relative_position_bias_table(
+    table: torch.Tensor, window: int, mode: str = "bicubic"
+) -> torch.Tensor:
     """Resize a relative position bias table to another window size.
 
-    The table is a (2w-1) x (2w-1) grid of offsets per head; it is resized as an image (bicubic,
-    centre offset onto centre offset), so an offset of d tokens on a map clustered w -> s keeps
-    about the bias of d * w / s tokens at full resolution.
+    The table is a (2w-1) x (2w-1) grid of offsets per head; it is resized as an image (centre
+    offset onto centre offset, ``align_corners=False``), so an offset of d tokens on a map
+    clustered w -> s keeps about the bias of d * w / s tokens at full resolution.
 
     Args:
         table: ((2w-1) ** 2, heads).
         window: the new window size s.
+        mode: "bicubic" (ours: smoother) or "bilinear" (the official Expedit code's).
 
     Returns:
         ((2s-1) ** 2, heads), a new tensor (the parameter is left untouched).
@@ -81,7 +94,9 @@ def resize_relative_position_bias_table(table: torch.Tensor, window: int) -> tor
         raise ValueError(f"relative position bias table has {num_rows} rows, not a square grid")
     grid = table.t().reshape(1, heads, side, side)
     new_side = 2 * window - 1
-    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    if mode not in BIAS_RESIZE_MODES:
+        raise ValueError(f"bias table resize mode must be one of {BIAS_RESIZE_MODES}, got {mode!r}")
+    grid = F.interpolate(grid, size=(new_side, new_side), mode=mode, align_corners=False)
     return grid.reshape(heads, new_side * new_side).t()
 
 
@@ -97,7 +112,9 @@ def shifted_window_attention_mask(
     Args:
         height, width: size of the padded map, multiples of ``window``.
         window: the window size the blocks use on this map.
-        shift: the roll those blocks apply; it must be the same as theirs.
+        shift: the roll those blocks apply; it must be the same as theirs for a correct mask
+            (the official Expedit code passes the checkpoint's shift on a clustered map, which
+            may exceed ``window``: the last ``shift`` rows then form one region).
 
     Returns:
         (num_windows, window ** 2, window ** 2) float: 0 where attention is allowed,
@@ -109,8 +126,8 @@ def shifted_window_attention_mask(
     def regions(length: int) -> torch.Tensor:
         # On the rolled map: 0 = untouched windows, 1 = last window before the seam, 2 = wrapped.
         label = torch.zeros(length, dtype=torch.long, device=device)
-        label[length - window :] = 1
-        label[length - shift :] = 2
+        label[max(length - window, 0) :] = 1
+        label[max(length - shift, 0) :] = 2
         return label
 
     label = regions(height)[:, None] * 3 + regions(width)[None, :]
@@ -167,24 +184,33 @@ class WindowAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, window_size={self.window_size}"
 
-    def relative_position_bias(self, window: int) -> torch.Tensor:
-        """(heads, window ** 2, window ** 2) bias for windows of size ``window``."""
+    def relative_position_bias(self, window: int, resize: str = "bicubic") -> torch.Tensor:
+        """(heads, window ** 2, window ** 2) bias for windows of size ``window``; ``resize`` is
+        the interpolation of the table when ``window`` is not the checkpoint's."""
         if window == self.window_size:
             table, index = self.relative_position_bias_table, self.relative_position_index
         else:
-            table = resize_relative_position_bias_table(self.relative_position_bias_table, window)
+            table = resize_relative_position_bias_table(
+                self.relative_position_bias_table, window, resize
+            )
             index = relative_position_index(window, device=table.device)
         tokens = window * window
         return table[index.reshape(-1)].reshape(tokens, tokens, -1).permute(2, 0, 1)
 
     def forward(
-        self, x: torch.Tensor, window: int, mask: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        window: int,
+        mask: Optional[torch.Tensor] = None,
+        bias_resize: str = "bicubic",
     ) -> torch.Tensor:
         """
         Args:
             x: (B * num_windows, window ** 2, C) tokens, window by window.
             window: side of those windows.
             mask: (num_windows, window ** 2, window ** 2) additive mask, or None.
+            bias_resize: interpolation of the bias table for a window other than the
+                checkpoint's (see :func:`resize_relative_position_bias_table`).
 
         Returns:
             (B * num_windows, window ** 2, C).
@@ -193,7 +219,7 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).reshape(num, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B * num_windows, heads, tokens, head_dim)
         attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn = attn + self.relative_position_bias(window).unsqueeze(0)
+        attn = attn + self.relative_position_bias(window, bias_resize).unsqueeze(0)
         if mask is not None:
             num_windows = mask.shape[0]
             attn = attn.reshape(-1, num_windows, self.num_heads, tokens, tokens)
@@ -234,7 +260,12 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio))
 
     def forward(
-        self, x: torch.Tensor, window: int, shift: int, mask: Optional[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        window: int,
+        shift: int,
+        mask: Optional[torch.Tensor],
+        bias_resize: str = "bicubic",
     ) -> torch.Tensor:
         """
         Args:
@@ -243,6 +274,7 @@ class SwinTransformerBlock(nn.Module):
             shift: cyclic shift of the windows, 0 for regular windows.
             mask: from :func:`shifted_window_attention_mask` for this map (padded to whole
                 windows), ``window`` and ``shift``; ignored when ``shift`` is 0.
+            bias_resize: see :meth:`WindowAttention.forward`.
 
         Returns:
             (B, H, W, C).
@@ -257,7 +289,9 @@ class SwinTransformerBlock(nn.Module):
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         padded_h, padded_w = height + pad_h, width + pad_w
-        windows = self.attn(window_partition(x, window), window, mask if shift else None)
+        windows = self.attn(
+            window_partition(x, window), window, mask if shift else None, bias_resize
+        )
         x = window_merge(windows, window, padded_h, padded_w)
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
@@ -306,10 +340,10 @@ class SwinStage(nn.Module):
     """``depth`` Swin blocks, alternately with regular and shifted windows, then (except in the
     last stage) patch merging.
 
-    With ``expedite`` set, this stage holds the clustering location: blocks from
-    ``expedite_from_block`` on run on the map clustered per window to ``expedite.grid``, with that
-    grid as their window and ``grid // 2`` as their shift, and the map is rebuilt at full
-    resolution before the stage's output and patch merging.
+    When called with ``reduce_from``, this stage holds the clustering location: blocks from
+    ``reduce_from`` on run on the map clustered per window by ``clustering``, with its grid as
+    their window and ``grid // 2`` as their shift, and the map is rebuilt at full resolution by
+    ``reconstruction`` before the stage's output and patch merging.
     """
 
     def __init__(
@@ -322,8 +356,6 @@ class SwinStage(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: Sequence[float] = (),
         downsample: bool = True,
-        expedite: Optional[ExpediteConfig] = None,
-        expedite_from_block: int = 0,
     ):
         """
         Args:
@@ -331,20 +363,11 @@ class SwinStage(nn.Module):
             depth: number of blocks.
             drop_path: stochastic depth rate of each block (empty: none).
             downsample: end with :class:`PatchMerging`.
-            expedite: token reduction settings when this stage runs part of its blocks on a
-                clustered map, else None.
-            expedite_from_block: index, within this stage, of the first block that runs on the
-                clustered map.
         """
         super().__init__()
         drop_path = list(drop_path) or [0.0] * depth
         if len(drop_path) != depth:
             raise ValueError(f"Swin stage: {len(drop_path)} drop_path rates for {depth} blocks")
-        if expedite is not None and not 0 <= expedite_from_block < depth:
-            raise ValueError(
-                f"Swin stage: expedite_from_block={expedite_from_block} is not one of its "
-                f"{depth} blocks"
-            )
         self.window_size = window_size
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(
@@ -357,89 +380,78 @@ class SwinStage(nn.Module):
             for rate in drop_path
         )
         self.downsample = PatchMerging(dim=dim) if downsample else None
-        self.expedite = expedite
-        self.expedite_from_block = expedite_from_block
-        if expedite is not None:
-            # No parameters or buffers: the state_dict stays the checkpoint's.
-            self.token_clustering = TokenClusteringLayer(expedite, window_size)
-            self.token_reconstruction = TokenReconstructionLayer(expedite)
 
     def extra_repr(self) -> str:
-        text = f"window_size={self.window_size}"
-        if self.expedite is not None:
-            text += f", clustered from block {self.expedite_from_block}"
-        return text
+        return f"window_size={self.window_size}"
 
-    def _run_blocks(self, x: torch.Tensor, start: int, stop: int, window: int) -> torch.Tensor:
+    def _run_blocks(
+        self,
+        x: torch.Tensor,
+        start: int,
+        stop: int,
+        window: int,
+        mask_shift: Optional[int] = None,
+        bias_resize: str = "bicubic",
+    ) -> torch.Tensor:
         """Blocks ``start``..``stop - 1`` on map x (B, H, W, C) with windows of side ``window``.
         Odd-numbered blocks shift by ``window // 2``: the shift, and so the mask, follow the
-        window of the map they run on."""
+        window of the map they run on. ``mask_shift`` builds the mask for another shift instead
+        (the official code's old shift on a clustered map)."""
         shift = window // 2
         mask = None
         if shift and any(i % 2 for i in range(start, stop)):
             padded_h, padded_w = (-(-size // window) * window for size in x.shape[1:3])
-            mask = shifted_window_attention_mask(padded_h, padded_w, window, shift, x.device)
+            mask = shifted_window_attention_mask(
+                padded_h, padded_w, window, shift if mask_shift is None else mask_shift, x.device
+            )
         for i in range(start, stop):
-            x = self.blocks[i](x, window, shift if i % 2 else 0, mask)
+            x = self.blocks[i](x, window, shift if i % 2 else 0, mask, bias_resize)
         return x
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        reduce_from: Optional[int] = None,
+        clustering: Optional[TokenClusteringLayer] = None,
+        reconstruction: Optional[TokenReconstructionLayer] = None,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
             x: (B, H, W, C).
+            reduce_from: index, within this stage, of the first block to run on the clustered
+                map; None runs every block at full resolution.
+            clustering, reconstruction: the host's layers, needed with ``reduce_from``.
 
         Returns:
             out: (B, H, W, C), the stage's output before patch merging.
             merged: (B, ceil(H / 2), ceil(W / 2), 2C) input of the next stage, None in the last.
         """
         depth = len(self.blocks)
-        if self.expedite is None:
+        if reduce_from is None:
             x = self._run_blocks(x, 0, depth, self.window_size)
         else:
-            x = self._run_blocks(x, 0, self.expedite_from_block, self.window_size)
-            reduced, state = self.token_clustering(x)
-            grid = self.expedite.grid[0]
-            reduced = self._run_blocks(reduced, self.expedite_from_block, depth, grid)
-            x = self.token_reconstruction(reduced, state)
+            if not 0 <= reduce_from < depth:
+                raise ValueError(
+                    f"Swin stage: reduce_from={reduce_from} is not one of its {depth} blocks"
+                )
+            official = clustering.config.official
+            x = self._run_blocks(x, 0, reduce_from, self.window_size)
+            reduced, state = clustering(x)
+            reduced = self._run_blocks(
+                reduced,
+                reduce_from,
+                depth,
+                state.grid[0],
+                # The official code keeps the checkpoint's shift for the mask (a known defect).
+                mask_shift=self.window_size // 2 if official else None,
+                bias_resize="bilinear" if official else "bicubic",
+            )
+            x = reconstruction(reduced, state)
         merged = self.downsample(x) if self.downsample is not None else None
         return x, merged
 
 
-def _locate_expedite(
-    expedite: ExpediteConfig, depths: Sequence[int], window_size: int
-) -> Optional[Tuple[int, int]]:
-    """(stage, block within that stage) where clustering runs; None when disabled.
-
-    Raises:
-        ValueError: when the settings do not fit this Swin.
-    """
-    if not expedite.enabled:
-        return None
-    starts = [sum(depths[:i]) for i in range(len(depths))]
-    total = sum(depths)
-    if expedite.location >= total:
-        stage_ranges = ", ".join(f"{s}..{s + d - 1}" for s, d in zip(starts, depths))
-        raise ValueError(
-            f"expedite.location={expedite.location} is past the last Swin block: depths "
-            f"{list(depths)} hold blocks {stage_ranges} (counted over all stages), so location "
-            f"must lie in [0, {total - 1}]"
-        )
-    grid_h, grid_w = expedite.grid
-    if grid_h != grid_w:
-        raise ValueError(
-            f"expedite.grid must be square for Swin's square windows, got {grid_h}x{grid_w}"
-        )
-    if grid_h > window_size:
-        raise ValueError(
-            f"expedite.grid {grid_h}x{grid_w} is larger than the {window_size}x{window_size} "
-            f"Swin window it clusters: use at most {window_size}"
-        )
-    expedite.check_host(num_blocks=total, window=window_size)
-    stage = max(i for i, start in enumerate(starts) if start <= expedite.location)
-    return stage, expedite.location - starts[stage]
-
-
-class D2SwinTransformer(Backbone):
+class D2SwinTransformer(ExpediteHost, Backbone):
     """Swin Transformer as a detectron2 backbone, as Mask2Former builds it, optionally with
     Expedit token reduction.
 
@@ -476,8 +488,10 @@ class D2SwinTransformer(Backbone):
             out_features: which of ``res2``..``res5`` to return.
             expedite: token reduction settings; None or ``enabled=False`` gives the plain Swin.
                 ``expedite.location`` counts blocks over all stages and ``expedite.grid`` must be
-                square and at most ``window_size``. ``enabled``, ``location`` and ``grid`` are
-                read at construction, the clustering and reconstruction settings at each call.
+                square and at most ``window_size``. Every setting is read at each call, so
+                ``model.expedite.enabled = True`` (or any field, or a new config) on a built
+                model takes effect at the next one; the settings are checked against this Swin
+                when it is built with reduction on and at every call with it on.
         """
         super().__init__()
         if len(depths) != len(num_heads):
@@ -489,8 +503,11 @@ class D2SwinTransformer(Backbone):
                 f"Swin out_features must be a non-empty subset of {stage_names}, "
                 f"got {list(out_features)}"
             )
-        self.expedite = expedite if expedite is not None else ExpediteConfig(enabled=False)
-        reduction_point = _locate_expedite(self.expedite, depths, window_size)
+        self.depths = tuple(int(d) for d in depths)
+        self.window_size = window_size
+        # The layers exist with reduction off too: no parameters, so the state_dict is the same.
+        self._init_expedite(expedite, window_size)
+        self.reduction_point()  # checks the settings now when reduction is on
 
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         total = sum(depths)
@@ -498,7 +515,6 @@ class D2SwinTransformer(Backbone):
         self.num_features = [embed_dim * 2**i for i in range(len(depths))]
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
-            hosts = reduction_point is not None and reduction_point[0] == i
             start = sum(depths[:i])
             self.layers.append(
                 SwinStage(
@@ -509,8 +525,6 @@ class D2SwinTransformer(Backbone):
                     mlp_ratio=mlp_ratio,
                     drop_path=rates[start : start + depth],
                     downsample=i < len(depths) - 1,
-                    expedite=self.expedite if hosts else None,
-                    expedite_from_block=reduction_point[1] if hosts else 0,
                 )
             )
         # Every stage has its output norm, requested or not: the checkpoints hold all of them.
@@ -520,6 +534,43 @@ class D2SwinTransformer(Backbone):
         self._out_features = list(out_features)
         self._out_feature_channels = {n: c for n, c in zip(stage_names, self.num_features)}
         self._out_feature_strides = {n: patch_size * 2**i for i, n in enumerate(stage_names)}
+
+    @staticmethod
+    def check_expedite_settings(
+        expedite: ExpediteConfig,
+        *,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        window_size: int = 7,
+        **_other_swin_arguments,
+    ) -> Optional[Tuple[int, int]]:
+        """Check ``expedite`` against a Swin built with these arguments (the config loader calls
+        it with the config's arguments, before building) and return (stage, block within that
+        stage) before which clustering runs, or None when reduction is off.
+
+        Raises:
+            ValueError: (one line) when the settings do not fit this Swin.
+        """
+        if not expedite.enabled:
+            return None
+        depths = [int(d) for d in depths]
+        starts = [sum(depths[:i]) for i in range(len(depths))]
+        stage_ranges = ", ".join(f"{s}..{s + d - 1}" for s, d in zip(starts, depths))
+        expedite.check_host(
+            num_blocks=sum(depths),
+            window=window_size,
+            host="Swin",
+            layout=f"depths {depths} hold blocks {stage_ranges} (counted over all stages)",
+        )
+        stage = max(i for i, start in enumerate(starts) if start <= expedite.location)
+        return stage, expedite.location - starts[stage]
+
+    def reduction_point(self) -> Optional[Tuple[int, int]]:
+        """(stage, block within that stage) before which clustering runs with the current
+        settings, or None when reduction is off; raises a one-line ValueError when they do not
+        fit this Swin."""
+        return self.check_expedite_settings(
+            self.expedite, depths=self.depths, window_size=self.window_size
+        )
 
     @property
     def size_divisibility(self) -> int:
@@ -544,10 +595,14 @@ class D2SwinTransformer(Backbone):
         if x.dim() != 4:
             raise ValueError(f"Swin takes images of shape (B, C, H, W), got {tuple(x.shape)}")
         last_stage = max(int(name[3:]) - 2 for name in self._out_features)
+        point = self.reduction_point()
         outputs: Dict[str, torch.Tensor] = {}
         x = self.patch_embed(x)
         for i, stage in enumerate(self.layers[: last_stage + 1]):
-            out, x = stage(x)
+            if point is not None and point[0] == i:
+                out, x = stage(x, point[1], self.token_clustering, self.token_reconstruction)
+            else:
+                out, x = stage(x)
             name = f"res{i + 2}"
             if name in self._out_features:
                 outputs[name] = getattr(self, f"norm{i}")(out).permute(0, 3, 1, 2).contiguous()

@@ -11,9 +11,15 @@ detectron2's. With it on, the blocks from ``expedite.location`` on run on cluste
   checkpoint's sizes to the new ones;
 - after the last block each window is rebuilt at full resolution and SimpleFeaturePyramid gets
   the full map, as without reduction.
+
+The settings are read at each forward, so reduction can be switched on, off or re-tuned on a
+built model. With ``expedite.implementation="official"`` the padding of partial windows is
+clustered too and the later blocks run on the uncropped reduced map (e.g. 35x35 for a 64x64 map
+with 14x14 windows clustered to 7x7), as the official SAM code does.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Dict, Optional
 
 import torch
@@ -21,9 +27,13 @@ from detectron2.modeling import ViT
 from detectron2.modeling.backbone.utils import get_abs_pos, window_partition, window_unpartition
 from detectron2.modeling.backbone.vit import Block
 
-from expedite import ExpediteConfig, TokenClusteringLayer, TokenReconstructionLayer
+from expedite import ExpediteConfig, ExpediteHost
 
 __all__ = ["ExpeditedViT", "run_block"]
+
+_VIT_DEFAULTS = {
+    name: inspect.signature(ViT.__init__).parameters[name].default for name in ("depth", "window_size")
+}
 
 
 def run_block(block: Block, x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -47,33 +57,42 @@ def run_block(block: Block, x: torch.Tensor, window_size: int) -> torch.Tensor:
     return x
 
 
-class ExpeditedViT(ViT):
+class ExpeditedViT(ExpediteHost, ViT):
     """detectron2's ViT plus an ``expedite`` setting (see :class:`expedite.ExpediteConfig`).
 
     Takes every argument of :class:`detectron2.modeling.ViT`, plus:
 
     Args:
         expedite: token reduction settings; ``None`` or ``enabled=False`` is the plain ViT.
+            They are read at every forward: ``model.expedite.enabled = True`` (or any other
+            field, or a whole new config) on a built model takes effect at the next call. The
+            settings are checked against this ViT when it is built with reduction on and at
+            every forward with it on.
     """
 
     def __init__(self, *, expedite: Optional[ExpediteConfig] = None, **vit_kwargs):
         super().__init__(**vit_kwargs)
-        self.expedite = expedite if expedite is not None else ExpediteConfig(enabled=False)
         self.patch_size = self.patch_embed.proj.kernel_size[0]
         self.window_size = vit_kwargs.get("window_size", 0)
-        if not self.expedite.enabled:
-            return
-        cfg = self.expedite
-        if self.window_size <= 0:
-            raise ValueError(
-                "expedite on ViT needs windowed attention blocks (window_size > 0): "
-                "clustering runs per attention window"
-            )
-        if cfg.grid[0] != cfg.grid[1]:
-            raise ValueError(f"expedite.grid must be square for ViT windows, got {cfg.grid}")
-        cfg.check_host(num_blocks=len(self.blocks), window=self.window_size)
-        self.token_clustering = TokenClusteringLayer(cfg, self.window_size)
-        self.token_reconstruction = TokenReconstructionLayer(cfg)
+        # The layers exist with reduction off too: no parameters, so the state_dict is the same.
+        self._init_expedite(expedite, self.window_size)
+        self.check_expedite()
+
+    @staticmethod
+    def check_expedite_settings(
+        expedite: ExpediteConfig,
+        *,
+        depth: int = _VIT_DEFAULTS["depth"],
+        window_size: int = _VIT_DEFAULTS["window_size"],
+        **_other_vit_arguments,
+    ) -> None:
+        """Raise a one-line ValueError if ``expedite`` cannot run on a ViT built with these
+        arguments (the config loader calls it with the config's arguments, before building)."""
+        expedite.check_host(num_blocks=depth, window=window_size, host="ViT")
+
+    def check_expedite(self) -> None:
+        """Raise a one-line ValueError if the current settings cannot run on this ViT."""
+        self.check_expedite_settings(self.expedite, depth=len(self.blocks), window_size=self.window_size)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         height, width = x.shape[-2:]
@@ -84,6 +103,7 @@ class ExpeditedViT(ViT):
             )
         if not self.expedite.enabled:
             return super().forward(x)
+        self.check_expedite()
         location = self.expedite.location
         reduced_window = self.expedite.grid[0]
 

@@ -62,6 +62,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances
 from detectron2.utils.memory import retry_if_cuda_oom
 
+from .legacy_keys import rename_legacy_keys
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MultiScaleMaskedTransformerDecoder
 
@@ -80,6 +81,18 @@ class MaskFormerHead(nn.Module):
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # MaskFormer-era checkpoints keep the pixel decoder's weights directly in the head
+        # (upstream renames them on load too): legacy_keys.py.
+        def new_name(key):
+            if key.startswith(("predictor.", "pixel_decoder.")):
+                return None
+            return "pixel_decoder." + key
+
+        model_keys = self.state_dict(keep_vars=True).keys()
+        rename_legacy_keys(state_dict, prefix, new_name, model_keys, type(self).__name__)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def num_classes(self) -> int:

@@ -15,6 +15,8 @@ from torch.nn import functional as F
 from detectron2.layers import Conv2d
 import fvcore.nn.weight_init as weight_init
 
+from .legacy_keys import rename_legacy_keys
+
 __all__ = [
     "PositionEmbeddingSine",
     "SelfAttentionLayer",
@@ -248,6 +250,17 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Older official checkpoints call the query features "static_query" (upstream renames
+        # them on load too): legacy_keys.py.
+        def new_name(key):
+            old = "static_query."
+            return "query_feat." + key[len(old):] if key.startswith(old) else None
+
+        model_keys = self.state_dict(keep_vars=True).keys()
+        rename_legacy_keys(state_dict, prefix, new_name, model_keys, type(self).__name__)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: List[torch.Tensor], mask_features: torch.Tensor) -> Dict:
         """
