@@ -155,8 +155,8 @@ def prepare(args):
         ConfigError, CheckpointFileError: one line naming the problem.
     """
     cfg = load_config(args.config_file, args.opts)  # keys, and the type and range of settings
-    check_device(cfg.train.device)
     check_model_settings(cfg)  # settings against the model (blocks, windows)
+    check_device(cfg.train.device)
     path = cfg.train.init_checkpoint or ""
     if args.eval_only and args.random_weights:
         if _checkpoint_given(args.opts) and path:

@@ -12,13 +12,17 @@ Usage:
     python demo/demo.py --config-file CONFIG --video-input clip.mp4 --output clip_pred.mp4 \\
         train.init_checkpoint=model_final.pkl
 
-Existing output files are never replaced unless --overwrite is given.
+Existing output files are never replaced unless --overwrite is given. Images that cannot be used
+(unreadable, smaller than 32 pixels on a side) are skipped and listed at the end, and the exit
+status is then 1. 16-bit images are scaled to 8 bits (v / 257). Drawings are at most
+--max-draw-size pixels on the long side (1600 by default): detectron2's Visualizer needs memory in
+proportion to the pixels drawn, some gigabytes for a 12-megapixel photograph.
 """
 import argparse
 import logging
 import os
 import sys
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import cv2
 import numpy as np
@@ -55,6 +59,9 @@ logger = logging.getLogger("expedite_vit.demo")
 
 # Containers OpenCV's stock builds can write, and the codec for each.
 VIDEO_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
+# Longest side of a drawing, by default: enough to read a 1080p screen, and it keeps the
+# Visualizer (a matplotlib canvas plus every mask at drawing size) near a few hundred MB.
+MAX_DRAW_SIZE = 1600
 
 
 def parse_args(argv=None):
@@ -75,12 +82,16 @@ def parse_args(argv=None):
     add("--compare", action="store_true", help="baseline | expedited | token clusters, side by side")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     add("--overwrite", action="store_true", help="replace existing output files")
+    add("--max-draw-size", type=int, default=MAX_DRAW_SIZE, metavar="PIXELS",
+        help=f"draw larger images scaled down to this long side (default {MAX_DRAW_SIZE}; 0: never scale)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides, key=value")
     args = parser.parse_args(argv)
     if args.input:
         args.input, trailing_opts = split_trailing_overrides(args.input)
         args.opts = trailing_opts + args.opts
     args.opts = [o for o in args.opts if o != "--"]
+    if args.max_draw_size < 0:
+        parser.error(f"--max-draw-size must be 0 (never scale) or a number of pixels, got {args.max_draw_size}")
     return parser, args
 
 
@@ -148,10 +159,33 @@ def dataset_metadata(cfg):
     return MetadataCatalog.get(name)
 
 
-class DemoRenderer:
-    """Runs the model(s) on an image like detectron2's predictor and draws the result."""
+def drawing_size(height: int, width: int, max_size: int) -> Tuple[int, int]:
+    """(height, width) of the drawing of an image: the image's own, or scaled down so that its
+    long side is ``max_size`` (0: never scaled)."""
+    if not max_size or max(height, width) <= max_size:
+        return height, width
+    scale = max_size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def __init__(self, cfg, device: str, compare: bool, confidence_threshold: float, task: str = "auto"):
+
+class DemoRenderer:
+    """Runs the model(s) on an image like detectron2's predictor and draws the result.
+
+    The model sees the image at full resolution (then resized by the config's test-time
+    augmentation as usual); it is asked for its outputs at the drawing size, as detectron2 models
+    rescale their boxes and masks to the "height" and "width" of their input, so predictions and
+    the scaled-down picture stay aligned and no full-resolution mask is ever made.
+    """
+
+    def __init__(
+        self,
+        cfg,
+        device: str,
+        compare: bool,
+        confidence_threshold: float,
+        task: str = "auto",
+        max_draw_size: int = MAX_DRAW_SIZE,
+    ):
         if compare:
             baseline, expedited = build_model_pair(cfg, device)
             clustering = token_reduction_modules(expedited, "token_clustering")
@@ -170,18 +204,34 @@ class DemoRenderer:
         self.metadata = dataset_metadata(cfg)
         self.confidence_threshold = confidence_threshold
         self.task = task
+        self.max_draw_size = max_draw_size
 
     def _draw(self, image_rgb: np.ndarray, predictions: Dict) -> np.ndarray:
         return draw_predictions(image_rgb, predictions, self.metadata, self.confidence_threshold, self.task)
 
+    def prepare(self, image: np.ndarray) -> Tuple[Dict, np.ndarray]:
+        """(model input asking for outputs at the drawing size, the RGB image at that size)."""
+        model_input = predictor_input(image, self.augmentations)
+        height, width = drawing_size(image.shape[0], image.shape[1], self.max_draw_size)
+        if (height, width) != image.shape[:2]:
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            model_input["height"], model_input["width"] = height, width
+        return model_input, to_rgb(image, self.input_format)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> Tuple[Dict, np.ndarray]:
+        """The single model's outputs (at the drawing size) and the RGB image they fit."""
+        model_input, image_rgb = self.prepare(image)
+        return next(iter(self.models.values()))([model_input])[0], image_rgb
+
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """An HWC uint8 image in the model's input format -> the RGB drawing."""
-        model_input = predictor_input(image, self.augmentations)
-        image_rgb = to_rgb(image, self.input_format)
         if "model" in self.models:
-            return self._draw(image_rgb, self.models["model"]([model_input])[0])
+            predictions, image_rgb = self.predict(image)
+            return self._draw(image_rgb, predictions)
 
+        model_input, image_rgb = self.prepare(image)
         baseline = self.models["baseline"]([model_input])[0]
         expedited_model = self.models["expedited"]
         with OutputRecorder({"clustering": self.clustering}) as recorder:
@@ -206,11 +256,21 @@ def write_image(path: str, image_rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path!r}")
 
 
-def run_images(renderer: DemoRenderer, inputs: List[str], outputs: List[str]) -> None:
+def run_images(renderer: DemoRenderer, inputs: List[str], outputs: List[str]) -> List[str]:
+    """Draw each input; an image that cannot be read, or is too small, is skipped (and logged).
+    Returns one line per skipped image, naming it and why."""
+    failures = []
     pairs = list(zip(inputs, outputs))
     for input_path, output_path in tqdm.tqdm(pairs, desc="images", disable=len(pairs) == 1):
-        write_image(output_path, renderer(load_image(input_path, renderer.input_format)))
+        try:
+            image = load_image(input_path, renderer.input_format)
+        except ImageInputError as error:
+            logger.error(f"skipped: {error}")
+            failures.append(str(error))
+            continue
+        write_image(output_path, renderer(image))
         logger.info(f"{input_path} -> {output_path}")
+    return failures
 
 
 def video_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
@@ -268,9 +328,15 @@ def main(argv=None) -> int:
         parser.error(str(error))
 
     try:
-        renderer = DemoRenderer(cfg, args.device, args.compare, args.confidence_threshold, args.task)
+        renderer = DemoRenderer(
+            cfg, args.device, args.compare, args.confidence_threshold, args.task, args.max_draw_size
+        )
         if args.input:
-            run_images(renderer, inputs, outputs)
+            failures = run_images(renderer, inputs, outputs)
+            if failures:
+                lines = "".join(f"  {line}\n" for line in failures)
+                message = f"{len(failures)} of {len(inputs)} images could not be drawn:\n{lines}"
+                parser.exit(1, f"{parser.prog}: error: {message}")
         else:
             run_video(renderer, args.video_input, video_output)
     except (ConfigError, ImageInputError, CheckpointMismatchError, PredictionKindError, OSError) as error:

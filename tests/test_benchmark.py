@@ -248,3 +248,168 @@ def test_matching_ignores_detections_below_the_score_threshold():
     baseline = detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.3], [0, 0])
     expedited = detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.4, 0.9], [0, 0])
     assert match_detections(baseline, expedited, score_threshold=0.5) == (1, 1, [])
+
+
+# ---- memory, image counts and unlabelled images --------------------------------------------------
+
+
+def test_cpu_peak_memory_is_the_tensor_high_water_mark():
+    """Known allocations: 4 MiB + 4 MiB held together, then one freed and 4 MiB more: 8 MiB at
+    most above what was held before; a tensor made before and freed during the call counts for
+    nothing, and the largest call wins."""
+    from expedite_vit.benchmark.timing import PeakMemory
+
+    mib = 2**20 // 4  # float32 elements in a MiB
+    meter = PeakMemory(torch.device("cpu"))
+    with meter.measure():
+        a = torch.ones(4 * mib)
+        b = torch.ones(4 * mib)
+        del a
+        c = torch.ones(4 * mib)
+        del b, c
+    assert meter.peak_bytes == 8 * 2**20
+    held_before = torch.ones(4 * mib)
+    with meter.measure():
+        del held_before
+        d = torch.ones(2 * mib)
+        del d
+    assert meter.peak_bytes == 8 * 2**20 and meter.peak_mib == 8.0
+    empty = PeakMemory(torch.device("cpu"))
+    with empty.measure():
+        pass
+    assert empty.peak_bytes == 0
+
+
+def test_memory_ratio_is_never_made_of_unmeasured_values():
+    from expedite_vit.benchmark.report import _memory_rows
+    from expedite_vit.benchmark.runner import _memory_summary
+    from expedite_vit.benchmark.timing import PeakMemory
+
+    meters = {name: PeakMemory(torch.device("cpu")) for name in ("baseline", "expedited")}
+    meters["baseline"].peak_bytes = 3 * 2**20
+    meters["expedited"].peak_bytes = 0  # nothing allocated: no ratio, not infinity or 2052x
+    summary = _memory_summary(meters, backbone_only=True)
+    assert summary["ratio"] is None
+    assert _memory_rows(summary)[0][1:] == ["3.0", "0.0", "n/a"]
+    meters["expedited"].peak_bytes = 2**20
+    assert _memory_summary(meters, backbone_only=True)["ratio"] == pytest.approx(3.0)
+
+
+def test_run_memory_is_the_profiled_tensor_peak(benchmark_run):
+    _, results, markdown = benchmark_run
+    memory = results["memory"]
+    assert "torch.profiler" in memory["method"] and memory["method"] in markdown
+    # Whole-model forwards of the tiny model at 128x128 allocate megabytes of tensors, not KiB.
+    assert 1.0 < memory["baseline_mib"] < 1000 and 1.0 < memory["expedited_mib"] < 1000
+    assert memory["ratio"] == pytest.approx(memory["baseline_mib"] / memory["expedited_mib"])
+
+
+@pytest.fixture
+def no_measuring(monkeypatch):
+    """Fails a test that builds a model: errors must come before any measuring."""
+    import expedite_vit.benchmark
+    import expedite_vit.benchmark.runner as runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measuring started")
+
+    monkeypatch.setattr(runner, "build_model_pair", refuse)
+    monkeypatch.setattr(expedite_vit.benchmark, "run_benchmark", refuse)
+
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory):
+    import cv2
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("inputs")
+    cv2.imwrite(str(folder / "a.jpg"), cv2.resize(data.astronaut(), (160, 120))[:, :, ::-1])
+    cv2.imwrite(str(folder / "b.png"), cv2.resize(data.coffee(), (128, 96))[:, :, ::-1])
+    return [str(folder / "a.jpg"), str(folder / "b.png")]
+
+
+@pytest.mark.parametrize(
+    "source, count, message",
+    [
+        ("dataset", 3, f"--num-images 3, but dataset '{TEST_DATASET}' has only 2 images; ask for at most 2"),
+        ("inputs", 3, "--num-images 3, but --input has only 2 images; ask for at most 2"),
+        ("photographs", 6,
+         "--num-images 6, but the set of bundled photographs has only 5 images; ask for at most 5"),
+    ],
+)
+def test_more_images_than_there_are_is_refused_before_measuring(
+    tiny_coco_dir, two_images, no_measuring, capsys, source, count, message
+):
+    from expedite_vit.benchmark.inputs import ImageInputError
+    from expedite_vit.benchmark.runner import run_benchmark
+
+    given = {"dataset": {"dataset": TEST_DATASET}, "inputs": {"inputs": two_images}, "photographs": {}}[source]
+    flags = {"dataset": ["--dataset", TEST_DATASET], "inputs": ["--input", *two_images]}.get(source, [])
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool().main(["--config-file", str(TINY_CONFIG), *flags, "--num-images", str(count)])
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == f"benchmark.py: error: {message}"
+    # The library refuses too, whoever calls it.
+    with pytest.raises(ImageInputError, match=message.split(";")[0]):
+        run_benchmark(load_config(str(TINY_CONFIG)), BenchmarkSettings(num_images=count, **given))
+
+
+def test_num_images_defaults_to_what_there_is(tiny_coco_dir, two_images):
+    from expedite_vit.benchmark.runner import resolve_num_images
+
+    load_config(str(TINY_CONFIG))  # registers the tiny dataset
+    assert resolve_num_images(BenchmarkSettings(inputs=two_images)).num_images == 2
+    assert resolve_num_images(BenchmarkSettings(dataset=TEST_DATASET)).num_images == 2  # at most 5
+    assert resolve_num_images(BenchmarkSettings()).num_images == 5
+    assert resolve_num_images(BenchmarkSettings(inputs=two_images, num_images=1)).num_images == 1
+
+
+@pytest.fixture(scope="module")
+def unlabelled_dataset(tiny_coco_dir):
+    """The tiny validation images registered again with their annotations removed."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    coco = json.loads((tiny_coco_dir / "val.json").read_text())
+    coco["annotations"] = []
+    (tiny_coco_dir / "unlabelled.json").write_text(json.dumps(coco))
+    name = "tiny_vitdet_coco_unlabelled"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, str(tiny_coco_dir / "unlabelled.json"), str(tiny_coco_dir / "images"))
+    return name
+
+
+@pytest.mark.parametrize("images", ["unlabelled dataset", "input files"])
+def test_images_without_labels_give_no_nan(unlabelled_dataset, two_images, tmp_path, images):
+    source = ["--dataset", unlabelled_dataset] if images == "unlabelled dataset" else ["--input", *two_images]
+    argv = ["--config-file", str(TINY_CONFIG), *source, "--warmup", "0", "--iters", "1",
+            "--output-json", str(tmp_path / "r.json"), "--output-md", str(tmp_path / "r.md")]
+    assert load_tool().main(argv) == 0
+    markdown, text = (tmp_path / "r.md").read_text(), (tmp_path / "r.json").read_text()
+    assert "nan" not in markdown.lower() and "nan" not in text.lower()
+    results = json.loads(text)
+    assert results["inputs"]["num_images"] == 2
+    assert results["fidelity"]["task_metric"] is None
+    reason = results["fidelity"]["task_metric_skipped"]
+    assert ("have no labels" if images == "unlabelled dataset" else "not a labelled --dataset") in reason
+    assert f"| task metric ({reason}) | n/a" in " ".join(markdown.split())
+
+
+def test_undefined_metrics_are_printed_as_n_a():
+    from expedite_vit.benchmark.report import _fidelity_rows
+
+    nan = float("nan")
+    fidelity = {
+        "agreement": {"instances": {"score_threshold": 0.5, "iou_threshold": 0.5, "baseline_detections": 0,
+                                    "expedited_detections": 0, "recovered": None, "mean_iou": None}},
+        "feature_cosine": {"backbone": {"last_feat": nan}},
+        "task_metric": {"dataset": "d", "images": 2, "baseline": {"bbox": {"AP": nan, "AP50": 50.0}},
+                        "expedited": {"bbox": {"AP": nan, "AP50": 40.0}},
+                        "delta": {"bbox": {"AP": None, "AP50": -10.0}}},
+    }
+    cells = [cell for row in _fidelity_rows(fidelity) for cell in row]
+    assert not any("nan" in cell.lower() for cell in cells)
+    assert cells.count("n/a") >= 5 and "40.00 (-10.00)" in cells

@@ -268,3 +268,120 @@ def test_demo_task_the_model_lacks_is_a_clear_error(demo, checkpoint, images, tm
         demo.main(demo_args(checkpoint, "--input", str(images[0]), "--output", str(tmp_path), "--task", "sem_seg"))
     assert exit_info.value.code == 1
     assert "the model gives no 'sem_seg' predictions" in capsys.readouterr().err
+
+
+# ---- Inputs a user may give: 16-bit, corrupt, tiny and very large images -----------------------
+
+
+def _model_input(path, cfg):
+    from expedite_vit.benchmark.inputs import inference_augmentations, load_image, predictor_input
+
+    return predictor_input(load_image(str(path), "BGR"), inference_augmentations(cfg))["image"]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_png_gives_the_model_input_of_its_8_bit_version(tmp_path, channels):
+    """A 16-bit PNG (as cv2.imwrite writes a uint16 array) and the same picture in 8 bits give the
+    model the same input, within one grey level: 16 bits are scaled by 1/257, not clipped."""
+    from detectron2.data.detection_utils import read_image
+
+    rgb = cv2.resize(data.astronaut(), (96, 80))
+    eight = rgb[:, :, ::-1] if channels == 3 else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    rng = np.random.default_rng(0)
+    # Each 8-bit level v stands for 16-bit values around v * 257 (noise below half a level).
+    sixteen = np.clip(eight.astype(np.int64) * 257 + rng.integers(-128, 129, eight.shape), 0, 65535)
+    cv2.imwrite(str(tmp_path / "8.png"), eight)
+    cv2.imwrite(str(tmp_path / "16.png"), sixteen.astype(np.uint16))
+    assert cv2.imread(str(tmp_path / "16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+
+    cfg = load_config(str(TINY_CONFIG))
+    reference, scaled = _model_input(tmp_path / "8.png", cfg), _model_input(tmp_path / "16.png", cfg)
+    assert reference.shape == scaled.shape
+    assert float((reference - scaled).abs().max()) <= 1.0
+    if channels == 1:  # the failure this guards against: PIL's conversion clips grey to white
+        clipped = read_image(str(tmp_path / "16.png"), format="BGR").astype(np.float32)
+        assert np.abs(clipped - read_image(str(tmp_path / "8.png"), format="BGR")).mean() > 50
+
+
+def test_16_bit_image_is_drawn_like_its_8_bit_version(demo, checkpoint, tmp_path):
+    eight = cv2.resize(data.astronaut(), (160, 120))[:, :, ::-1]
+    cv2.imwrite(str(tmp_path / "eight.png"), eight)
+    cv2.imwrite(str(tmp_path / "sixteen.png"), eight.astype(np.uint16) * 257)
+    for name in ("eight", "sixteen"):
+        np.random.seed(0)  # the Visualizer's colours are random
+        assert demo.main(demo_args(checkpoint, "--input", str(tmp_path / f"{name}.png"),
+                                   "--output", str(tmp_path / f"{name}_drawn.png"))) == 0
+    drawn16, drawn8 = read_rgb(tmp_path / "sixteen_drawn.png"), read_rgb(tmp_path / "eight_drawn.png")
+    np.testing.assert_array_equal(drawn16, drawn8)
+    assert np.abs(drawn8 - eight[:, :, ::-1]).mean() > 1.0  # and something was drawn on it
+
+
+def test_bad_images_in_a_list_are_skipped_and_reported_at_the_end(demo, checkpoint, images, tmp_path, capsys):
+    colour, gray = images
+    broken, dot, tiny = tmp_path / "broken.jpg", tmp_path / "dot.png", tmp_path / "tiny.png"
+    broken.write_bytes(b"\xff\xd8\xff not really a JPEG")
+    cv2.imwrite(str(dot), np.zeros((1, 1, 3), np.uint8))
+    cv2.imwrite(str(tiny), np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(demo_args(checkpoint, "--input", str(broken), str(colour), str(dot), str(tiny), str(gray),
+                            "--output", str(out)))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "3 of 5 images could not be drawn:" in err
+    failure_lines = err.split("could not be drawn:\n", 1)[1].splitlines()
+    assert len(failure_lines) == 3  # one line each, in input order
+    assert f"cannot read image {str(broken)!r}" in failure_lines[0]
+    assert f"image {str(dot)!r} is 1x1 pixels, too small" in failure_lines[1]
+    assert f"image {str(tiny)!r} is 8x8 pixels, too small" in failure_lines[2]
+    # The good images after the bad ones were drawn all the same.
+    assert sorted(p.name for p in out.iterdir()) == sorted([colour.name, gray.name])
+    for source in (colour, gray):
+        assert read_rgb(out / source.name).shape == read_rgb(source).shape
+
+
+def test_minimum_image_side_is_32_pixels(tmp_path):
+    from expedite_vit.benchmark.inputs import ImageInputError, load_image
+
+    cv2.imwrite(str(tmp_path / "ok.png"), np.zeros((32, 40, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "thin.png"), np.zeros((31, 400, 3), np.uint8))
+    assert load_image(str(tmp_path / "ok.png"), "BGR").shape == (32, 40, 3)
+    with pytest.raises(ImageInputError, match=r"is 400x31 pixels, too small: at least 32 pixels"):
+        load_image(str(tmp_path / "thin.png"), "BGR")
+
+
+def test_drawing_size_is_bounded(demo):
+    assert demo.drawing_size(3000, 4000, 1600) == (1200, 1600)
+    assert demo.drawing_size(4000, 300, 1600) == (1600, 120)
+    assert demo.drawing_size(1200, 1600, 1600) == (1200, 1600)
+    assert demo.drawing_size(3000, 4000, 0) == (3000, 4000)
+
+
+def test_large_image_is_drawn_scaled_down_with_predictions_aligned(demo, checkpoint, tmp_path):
+    """A 2000x1500 image: drawn at 1600x1200, and the model's predictions for the drawing are its
+    full-resolution predictions scaled by 0.8 (the same boxes, masks at the drawing's size)."""
+    large = cv2.resize(data.astronaut(), (2000, 1500))[:, :, ::-1].copy()
+    cfg = load_config(str(TINY_CONFIG), [f"train.init_checkpoint={checkpoint}"])
+    renderer = demo.DemoRenderer(cfg, "cpu", compare=False, confidence_threshold=0.0)
+    small, small_rgb = renderer.predict(large)
+    renderer.max_draw_size = 0  # the old behaviour: everything at full resolution
+    full, full_rgb = renderer.predict(large)
+    small, full = small["instances"], full["instances"]
+    assert small_rgb.shape == (1200, 1600, 3) and full_rgb.shape == (1500, 2000, 3)
+    assert small.image_size == (1200, 1600) and small.pred_masks.shape[-2:] == (1200, 1600)
+    assert len(full) > 0 and torch.equal(small.scores, full.scores)
+    np.testing.assert_allclose(small.pred_boxes.tensor.numpy() / 0.8, full.pred_boxes.tensor.numpy(),
+                               rtol=1e-4, atol=0.05)
+    # Masks lie in their boxes and cover the full-resolution masks' area, scaled by 0.8 ** 2.
+    rows, cols = torch.arange(1200)[None, :, None], torch.arange(1600)[None, None, :]
+    x0, y0, x1, y1 = small.pred_boxes.tensor.T[:, :, None, None]
+    in_columns = (cols >= x0.floor() - 1) & (cols <= x1.ceil() + 1)
+    in_box = in_columns & (rows >= y0.floor() - 1) & (rows <= y1.ceil() + 1)
+    assert not (small.pred_masks & ~in_box).any()
+    area_small, area_full = float(small.pred_masks.sum()), float(full.pred_masks.sum())
+    assert area_small / 0.64 == pytest.approx(area_full, rel=0.1)
+
+    out = tmp_path / "large.jpg"
+    cv2.imwrite(str(tmp_path / "in.jpg"), large)
+    assert demo.main(demo_args(checkpoint, "--input", str(tmp_path / "in.jpg"), "--output", str(out))) == 0
+    assert read_rgb(out).shape == (1200, 1600, 3)

@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger
 from expedite_vit.benchmark import BenchmarkSettings, format_table, markdown_section, run_benchmark
 from expedite_vit.benchmark.inputs import ImageInputError, expand_image_paths, split_trailing_overrides
 from expedite_vit.benchmark.report import check_output_path, write_json, write_markdown
-from expedite_vit.benchmark.runner import AMP_DTYPES
+from expedite_vit.benchmark.runner import AMP_DTYPES, resolve_num_images
 from expedite_vit.checkpoint import CheckpointMismatchError
 from expedite_vit.tools.lazy_config import ConfigError, load_config
 
@@ -41,7 +41,9 @@ def parse_args(argv=None):
     images = parser.add_mutually_exclusive_group()
     images.add_argument("--input", nargs="+", default=[], help="image files or globs (default: photographs)")
     images.add_argument("--dataset", help="registered dataset name; AP is reported when it has annotations")
-    add("--num-images", type=int, default=5, help="images to run (the first N)")
+    add("--num-images", type=int, metavar="N",
+        help="images to run, the first N (default: all --input files or bundled photographs, the first 5 "
+             "of --dataset); more than there are is an error")
     add("--warmup", type=int, default=2, help="untimed iterations per model first")
     add("--iters", type=int, default=10, help="timed iterations per model (batch 1)")
     add("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -88,6 +90,7 @@ def main(argv=None) -> int:
         check_output_path(args.output_json, args.overwrite)
         check_output_path(args.output_md, args.overwrite, append=args.append)
         cfg = load_config(args.config_file, args.opts)
+        settings = resolve_num_images(settings)  # the config registers datasets: after loading it
     except (ValueError, OSError) as error:
         parser.error(str(error))
 

@@ -13,18 +13,23 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from omegaconf import DictConfig
+from PIL import Image
 
 __all__ = [
+    "MIN_IMAGE_SIDE",
     "ImageInputError",
+    "available_images",
     "backbone_inputs",
+    "check_num_images",
     "dataset_inputs",
     "expand_image_paths",
     "file_inputs",
@@ -43,6 +48,12 @@ logger = logging.getLogger(__name__)
 PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
 _GLOB_CHARS = ("*", "?", "[")
 _OVERRIDE = re.compile(r"^\+{0,2}[A-Za-z_][\w.]*=")
+# Smallest image side accepted: two 16-pixel patches. Below this a picture carries no content a
+# detector could find (the test-time resize would blow each pixel up into a flat block).
+MIN_IMAGE_SIDE = 32
+# 16 bits per channel map to 8 by v / 257 (rounded), the inverse of the v * 257 that widens
+# 8-bit data to 16 bits: 0 -> 0, 65535 -> 255, and an 8-bit image saved as 16 bits comes back.
+_UINT16_PER_UINT8 = 257
 
 
 class ImageInputError(ValueError):
@@ -83,13 +94,76 @@ def split_trailing_overrides(inputs: Sequence[str]) -> Tuple[List[str], List[str
     return inputs[:split], inputs[split:]
 
 
-def load_image(path: str, image_format: str) -> np.ndarray:
-    """detectron2's read_image (EXIF orientation, grayscale to 3 channels when the format has 3),
-    with an error naming the file when it is not a readable image."""
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _rawmode(image: Image.Image) -> str:
+    """How the file stores its pixels, e.g. "RGB;16B" for a 48-bit PNG ("" when unknown)."""
+    args = image.tile[0].args if image.tile else None
+    args = args[0] if isinstance(args, tuple) and args else args
+    return args if isinstance(args, str) else ""
+
+
+def _to_8_bits(pixels: np.ndarray) -> np.ndarray:
+    """uint16 pixels -> uint8, by v / 257 rounded (see ``_UINT16_PER_UINT8``)."""
+    scaled = np.rint(pixels.astype(np.float32) / _UINT16_PER_UINT8)
+    return scaled.astype(np.uint8)
+
+
+def _decode_16_bit(path: str, image: Image.Image) -> Image.Image:
+    """A 16-bit image as an 8-bit PIL image ("L" or "RGB"), EXIF orientation applied.
+
+    PIL's own conversion clips 16-bit grey to 0 or 255 (a white picture), and keeps only the
+    high byte of 16-bit colour; grey is read by PIL as uint16, colour by OpenCV (which applies
+    the EXIF orientation itself with these flags).
+    """
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(_apply_exif_orientation(image)).astype(np.uint16)
+        return Image.fromarray(_to_8_bits(pixels), "L")
+    pixels = cv2.imread(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if pixels is None or pixels.dtype != np.uint16:
+        raise ImageInputError(f"cannot read the 16-bit image {path!r}; save it with 8 bits per channel")
+    if pixels.ndim == 2:
+        return Image.fromarray(_to_8_bits(pixels), "L")
+    return Image.fromarray(np.ascontiguousarray(_to_8_bits(pixels[:, :, 2::-1])), "RGB")  # BGR(A) -> RGB
+
+
+def load_image(path: str, image_format: str, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
+    """An image file as an HWC uint8 array in ``image_format``, like detectron2's read_image (EXIF
+    orientation, grayscale to 3 channels when the format has 3), and:
+
+    - 16 bits per channel scaled to 8 (v / 257), where PIL would clip grey to white;
+    - 32-bit integer or float images refused (their value range is unknown);
+    - images smaller than ``min_side`` pixels on a side refused;
+
+    all with an :class:`ImageInputError` naming the file.
+    """
     try:
-        return read_image(path, format=image_format)
-    except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        message = f"cannot read image {path!r} (not an image, or damaged): {error}"
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            width, height = image.size
+            if min(width, height) < min_side:
+                raise ImageInputError(
+                    f"image {path!r} is {width}x{height} pixels, too small: "
+                    f"at least {min_side} pixels on each side are needed"
+                )
+            if image.mode in ("I", "F") and not _rawmode(image).startswith("I;16"):
+                raise ImageInputError(
+                    f"image {path!r} has 32-bit pixels (PIL mode {image.mode}) of unknown range; "
+                    "save it with 8 or 16 bits per channel"
+                )
+            if image.mode.startswith("I") or _rawmode(image).endswith(("16B", "16L", "16N", ";16")):
+                image = _decode_16_bit(path, image)
+            else:
+                image = _apply_exif_orientation(image)
+            return convert_PIL_to_numpy(image, image_format)
+    # PIL's UnidentifiedImageError and truncated files are OSErrors; damaged headers can raise
+    # others, and a decompression bomb its own error.
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        if isinstance(error, ImageInputError):
+            raise
+        message = f"cannot read image {path!r} (not an image, or damaged): {_one_line(error)}"
         raise ImageInputError(message) from error
 
 
@@ -117,11 +191,10 @@ def predictor_input(image: np.ndarray, augmentations: T.AugmentationList) -> Dic
 
 
 def photograph_inputs(count: int, image_format: str, augmentations: T.AugmentationList) -> List[Dict]:
-    """Up to ``count`` photographs bundled with scikit-image, as model inputs."""
+    """The first ``count`` photographs bundled with scikit-image, as model inputs."""
     from skimage import data  # only needed when no images are given
 
-    if count > len(PHOTOGRAPHS):
-        logger.warning(f"only {len(PHOTOGRAPHS)} bundled photographs; using {len(PHOTOGRAPHS)} images")
+    check_num_images(count, len(PHOTOGRAPHS), "the set of bundled photographs")
     inputs = []
     for name in PHOTOGRAPHS[:count]:
         rgb = getattr(data, name)()
@@ -145,20 +218,49 @@ def file_inputs(paths: Sequence[str], image_format: str, augmentations: T.Augmen
 
 
 def has_annotations(dataset_dicts: Sequence[Dict]) -> bool:
-    """Whether the dataset carries ground truth an evaluator can score against."""
-    keys = ("annotations", "sem_seg_file_name", "pan_seg_file_name")
-    return any(key in d for d in dataset_dicts for key in keys)
+    """Whether the images carry ground truth an evaluator can score against: some object
+    annotation (COCO loaders give every image an "annotations" list, empty when unlabelled), or
+    semantic / panoptic label files."""
+    files = ("sem_seg_file_name", "pan_seg_file_name")
+    return any(d.get("annotations") or any(d.get(key) for key in files) for d in dataset_dicts)
 
 
-def dataset_inputs(cfg: DictConfig, dataset_name: str, count: int) -> List[Dict]:
-    """The first ``count`` images of a registered dataset, through the config's test mapper."""
+def check_num_images(wanted: int, available: int, source: str) -> None:
+    """Raise ImageInputError when ``wanted`` images are asked of a ``source`` holding fewer:
+    a run on fewer images than asked would report numbers for a different set."""
+    if wanted > available:
+        plural = "" if available == 1 else "s"
+        raise ImageInputError(
+            f"--num-images {wanted}, but {source} has only {available} image{plural}; ask for at most {available}"
+        )
+
+
+def _registered_dataset(dataset_name: str) -> List[Dict]:
     if dataset_name not in DatasetCatalog.list():
         raise ImageInputError(
             f"dataset {dataset_name!r} is not registered (is the config or module that registers it loaded?)"
         )
-    dataset_dicts = DatasetCatalog.get(dataset_name)[:count]
+    dataset_dicts = DatasetCatalog.get(dataset_name)
     if not dataset_dicts:
         raise ImageInputError(f"dataset {dataset_name!r} has no images")
+    return dataset_dicts
+
+
+def available_images(dataset: Optional[str], patterns: Sequence[str]) -> Tuple[int, str]:
+    """How many images a run can take, and from what: a registered dataset, image files or globs,
+    else the bundled photographs. Raises ImageInputError for an unknown dataset or a bad pattern."""
+    if dataset:
+        return len(_registered_dataset(dataset)), f"dataset {dataset!r}"
+    if patterns:
+        return len(expand_image_paths(patterns)), "--input"
+    return len(PHOTOGRAPHS), "the set of bundled photographs"
+
+
+def dataset_inputs(cfg: DictConfig, dataset_name: str, count: int) -> List[Dict]:
+    """The first ``count`` images of a registered dataset, through the config's test mapper."""
+    dataset_dicts = _registered_dataset(dataset_name)
+    check_num_images(count, len(dataset_dicts), f"dataset {dataset_name!r}")
+    dataset_dicts = dataset_dicts[:count]
     mapper = instantiate(cfg.dataloader.test.mapper)
     return [mapper(d) for d in dataset_dicts]
 

@@ -89,8 +89,15 @@ def write_json(results: Mapping, path: str) -> None:
         f.write("\n")
 
 
+NOT_AVAILABLE = "n/a"
+
+
 def _fmt(value, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
+    """``value`` formatted, or "n/a" when it was not measured (None) or is undefined (NaN, e.g.
+    the AP of images without labels): never "nan" in a table."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return NOT_AVAILABLE
+    return f"{value:{spec}}{suffix}"
 
 
 def _ratio(value) -> str:
@@ -166,18 +173,23 @@ def _fidelity_rows(fidelity: Mapping) -> List[List[str]]:
             rows.append([f"{output} pixels agreeing with the baseline", "", _fmt(agreement, ".1%"), ""])
     for part, features in fidelity["feature_cosine"].items():
         for name, cosine in features.items():
-            rows.append([f"cosine similarity of {part} features '{name}'", "", f"{cosine:.4f}", ""])
+            rows.append([f"cosine similarity of {part} features '{name}'", "", _fmt(cosine, ".4f"), ""])
     task = fidelity["task_metric"]
+    if not task and fidelity.get("task_metric_skipped"):
+        rows.append([f"task metric ({fidelity['task_metric_skipped']})", NOT_AVAILABLE, NOT_AVAILABLE, ""])
     if task:
         for task_name, metrics in task["baseline"].items():
             for metric in ("AP", "AP50", "AP75", "mIoU", "PQ"):
                 if metric in metrics:
                     delta = task["delta"][task_name][metric]
+                    expedited = _fmt(task["expedited"][task_name].get(metric), ".2f")
+                    if delta is not None:
+                        expedited += f" ({_fmt(delta, '+.2f')})"
                     rows.append(
                         [
                             f"{task_name} {metric} on {task['dataset']} ({task['images']} images)",
                             _fmt(metrics[metric], ".2f"),
-                            f"{_fmt(task['expedited'][task_name][metric], '.2f')} ({_fmt(delta, '+.2f')})",
+                            expedited,
                             "",
                         ]
                     )

@@ -8,6 +8,7 @@ speed targets. Returns a JSON-ready dict; :mod:`.report` turns it into a table a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import warnings
@@ -24,7 +25,9 @@ from torch import nn
 from .fidelity import FeatureSimilarity, OutputRecorder, PredictionAgreement, TaskMetric
 from .flops import count_flops
 from .inputs import (
+    available_images,
     backbone_inputs,
+    check_num_images,
     dataset_inputs,
     expand_image_paths,
     file_inputs,
@@ -43,7 +46,7 @@ from .models import (
 from .report import environment_info
 from .timing import PeakMemory, SubmoduleTimer, latency_summary, time_interleaved
 
-__all__ = ["AMP_DTYPES", "BenchmarkSettings", "check_targets", "run_benchmark"]
+__all__ = ["AMP_DTYPES", "BenchmarkSettings", "check_targets", "resolve_num_images", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +57,19 @@ TOKEN_REDUCTION_KINDS = ("token_clustering", "token_reconstruction")
 LATENCY_FLOPS_FRACTION = 0.9
 MAX_TOKEN_REDUCTION_SHARE = 0.03
 GIGA = 1e9
+# Images of a --dataset run when --num-images is not given (all of COCO val would take hours on CPU).
+DEFAULT_DATASET_IMAGES = 5
 
 
 @dataclass
 class BenchmarkSettings:
     """What to measure and how. ``inputs`` (image files or globs) and ``dataset`` (a registered
-    dataset name) are exclusive; with neither, bundled photographs are used."""
+    dataset name) are exclusive; with neither, bundled photographs are used. ``num_images`` None
+    means every input file or photograph, or the first ``DEFAULT_DATASET_IMAGES`` of a dataset;
+    asking for more images than there are is an error (see :func:`resolve_num_images`)."""
 
     device: str = "cpu"
-    num_images: int = 5
+    num_images: Optional[int] = None
     warmup: int = 2
     iters: int = 10
     amp: str = "none"
@@ -76,7 +83,7 @@ class BenchmarkSettings:
 
     def __post_init__(self):
         checks = [
-            (self.num_images >= 1, "num_images", "at least 1"),
+            (self.num_images is None or self.num_images >= 1, "num_images", "at least 1"),
             (self.warmup >= 0, "warmup", "at least 0"),
             (self.iters >= 1, "iters", "at least 1"),
             (self.flops_images >= 1, "flops_images", "at least 1"),
@@ -102,6 +109,23 @@ def inference_context(device: torch.device, amp: str) -> Iterator[None]:
         yield
 
 
+def resolve_num_images(settings: BenchmarkSettings) -> BenchmarkSettings:
+    """``settings`` with ``num_images`` set to the number of images the run will take.
+
+    Raises ImageInputError (naming both numbers) when more images are asked for than the
+    dataset, the input files or the bundled photographs hold, rather than measuring fewer than
+    asked; also for an unregistered dataset or an input pattern matching nothing. Registered
+    datasets must be loaded (by the config) first.
+    """
+    available, source = available_images(settings.dataset, settings.inputs)
+    if settings.num_images is None:
+        count = min(available, DEFAULT_DATASET_IMAGES) if settings.dataset else available
+    else:
+        check_num_images(settings.num_images, available, source)
+        count = settings.num_images
+    return dataclasses.replace(settings, num_images=count)
+
+
 def load_inputs(cfg: DictConfig, model: nn.Module, settings: BenchmarkSettings) -> Tuple[List[Dict], Dict]:
     """Model inputs (as a predictor or the test loader makes them) and a description of them."""
     if settings.dataset:
@@ -111,8 +135,9 @@ def load_inputs(cfg: DictConfig, model: nn.Module, settings: BenchmarkSettings) 
         image_format = model_input_format(model, cfg)
         augmentations = inference_augmentations(cfg)
         if settings.inputs:
-            paths = expand_image_paths(settings.inputs)[: settings.num_images]
-            inputs = file_inputs(paths, image_format, augmentations)
+            paths = expand_image_paths(settings.inputs)
+            check_num_images(settings.num_images, len(paths), "--input")
+            inputs = file_inputs(paths[: settings.num_images], image_format, augmentations)
             info = {"source": "files"}
         else:
             inputs = photograph_inputs(settings.num_images, image_format, augmentations)
@@ -238,14 +263,18 @@ def measure_token_reduction_time(
 
 def _task_metric(
     cfg: DictConfig, settings: BenchmarkSettings, inputs: Sequence[Dict], output_dir: str
-) -> Optional[TaskMetric]:
-    """The evaluator of a labelled ``--dataset``; None for files, photographs or unlabelled data."""
+) -> Tuple[Optional[TaskMetric], Optional[str]]:
+    """(the evaluator of a labelled ``--dataset``, None) or (None, why there is no task metric):
+    images from files or photographs, unlabelled images, or no predictions (backbone only)."""
+    if settings.backbone_only:
+        return None, "backbone only: no predictions to score"
     if not settings.dataset:
-        return None
-    if not has_annotations(DatasetCatalog.get(settings.dataset)[: settings.num_images]):
-        logger.warning(f"dataset {settings.dataset!r} has no annotations: the task metric is skipped")
-        return None
-    return TaskMetric(cfg, settings.dataset, [x["file_name"] for x in inputs], output_dir)
+        return None, "the images are not a labelled --dataset"
+    if not has_annotations(DatasetCatalog.get(settings.dataset)[: len(inputs)]):
+        reason = f"the {len(inputs)} images run of {settings.dataset!r} have no labels"
+        logger.warning(f"{reason}: the task metric is skipped")
+        return None, reason
+    return TaskMetric(cfg, settings.dataset, [x["file_name"] for x in inputs], output_dir), None
 
 
 def _forward_each(
@@ -273,6 +302,7 @@ def _memory_summary(memory: Mapping[str, PeakMemory], backbone_only: bool) -> Di
         "scope": "backbone forward" if backbone_only else "whole-model forward",
         "baseline_mib": peak["baseline"],
         "expedited_mib": peak["expedited"],
+        # No ratio of a figure that is zero or was not measured.
         "ratio": peak["baseline"] / peak["expedited"] if peak["baseline"] and peak["expedited"] else None,
     }
 
@@ -292,7 +322,7 @@ def measure_fidelity_and_memory(
     memory = {name: PeakMemory(device) for name in models}
     recorders = {name: OutputRecorder(backbone_modules(model)) for name, model in models.items()}
     with tempfile.TemporaryDirectory(prefix="expedite_benchmark_eval_") as eval_dir:
-        task_metric = _task_metric(cfg, settings, inputs, eval_dir)
+        task_metric, skipped = _task_metric(cfg, settings, inputs, eval_dir)
         with inference_context(device, settings.amp), contextlib.ExitStack() as hooks:
             for recorder in recorders.values():
                 hooks.enter_context(recorder)
@@ -312,6 +342,8 @@ def measure_fidelity_and_memory(
             "feature_cosine": {part: cosine for part, cosine in cosines.items() if cosine},
             "task_metric": task_metric.summary() if task_metric is not None else None,
         }
+        if skipped:
+            fidelity["task_metric_skipped"] = skipped
     return fidelity, _memory_summary(memory, settings.backbone_only)
 
 
@@ -349,6 +381,7 @@ def _model_description(cfg: DictConfig) -> Dict:
 
 def run_benchmark(cfg: DictConfig, settings: BenchmarkSettings, command: str = "") -> Dict:
     """Build both models from ``cfg`` and measure them; see the module docstring."""
+    settings = resolve_num_images(settings)  # refuses too few images before anything is built
     device = torch.device(settings.device)
     baseline, expedited = build_model_pair(cfg, device)
     models = {"baseline": baseline, "expedited": expedited}

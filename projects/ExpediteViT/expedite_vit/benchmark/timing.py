@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections import defaultdict
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
@@ -110,43 +109,43 @@ class SubmoduleTimer:
         self._handles.clear()
 
 
-def _current_rss_bytes() -> Optional[int]:
-    """Resident memory of this process now: psutil if installed, else Linux's /proc."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        return psutil.Process().memory_info().rss
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
+def _cpu_tensor_peak_bytes(events) -> int:
+    """Peak of CPU tensor memory allocated minus freed, over a profile's time-ordered
+    allocation events (frees of tensors made before the profile count as negative)."""
+    records = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in events
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+    )
+    held = peak = 0
+    for _, nbytes in records:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
 
 
 class PeakMemory:
     """Largest extra memory that a measured call needed, above what was held before it (weights
     and inputs are therefore excluded).
 
-    CUDA: ``torch.cuda.max_memory_allocated`` (exact, tensors only). CPU: the process's resident
-    memory sampled every millisecond from a thread (torch ops release the GIL); the ru_maxrss
-    high-water mark of ``resource`` is not used because it never goes down, so it could not tell
-    a second model's peak from the first's.
+    CUDA: ``torch.cuda.max_memory_allocated`` (exact, tensors only). CPU: every tensor allocation
+    and free during the call, recorded by torch.profiler (``profile_memory=True``) and summed in
+    time order: exact to the byte, like the CUDA figure, and counting tensors only (not the
+    oneDNN scratch space nor Python objects). Sampling the resident set size (RSS) is not used:
+    the C allocator reuses freed pages, so the RSS hardly moves during a forward and its deltas
+    were noise, of which ratios made no sense.
     """
-
-    SAMPLE_SECONDS = 0.001
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_bytes: Optional[int] = 0
         if device.type == "cuda":
             self.method = "torch.cuda.max_memory_allocated above the allocation before the forward"
-        elif _current_rss_bytes() is not None:
-            self.method = "peak resident memory (RSS, sampled every 1 ms) above the RSS before the forward"
         else:
-            self.method = "unavailable (no CUDA, no psutil, no /proc on this system)"
-            self.peak_bytes = None
+            self.method = "peak of CPU tensor memory allocated during the forward (torch.profiler, profile_memory)"
+            # The profiler's C++ side (kineto) logs each start and stop at info level otherwise;
+            # it reads this once, when first used.
+            os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
     @contextlib.contextmanager
     def measure(self) -> Iterator[None]:
@@ -160,25 +159,20 @@ class PeakMemory:
             synchronize(self.device)
             self._record(torch.cuda.max_memory_allocated(self.device) - before)
         else:
-            yield from self._sample_rss()
+            yield from self._profile_cpu()
 
-    def _sample_rss(self) -> Iterator[None]:
-        before = _current_rss_bytes()
-        peak = [before]
-        done = threading.Event()
+    def _profile_cpu(self) -> Iterator[None]:
+        from torch.profiler import ProfilerActivity, profile
 
-        def sample():
-            while not done.wait(self.SAMPLE_SECONDS):
-                peak[0] = max(peak[0], _current_rss_bytes())
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
             yield
-        finally:
-            done.set()
-            sampler.join()
-        self._record(max(peak[0], _current_rss_bytes()) - before)
+        try:
+            events = profiler.profiler.kineto_results.events()
+        except AttributeError:  # a torch whose profiler keeps its results elsewhere
+            self.method = "unavailable (this torch's profiler gives no allocation events)"
+            self.peak_bytes = None
+            return
+        self._record(_cpu_tensor_peak_bytes(events))
 
     def _record(self, extra_bytes: int) -> None:
         self.peak_bytes = max(self.peak_bytes, extra_bytes)
