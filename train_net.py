@@ -34,18 +34,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
-from expedite_vit.checkpoint import load_checkpoint, read_checkpoint
 from expedite_vit.evaluation import FiniteOutputs, check_finite_metrics
-from expedite_vit.runtime.cli import EXIT_RUN_FAILED, exit_on_user_error
+from expedite_vit.runtime.checkpoint import load_checkpoint, read_checkpoint
+from expedite_vit.runtime.cli import EXIT_RUN_FAILED, exit_on_user_error, load_checked_config
+from expedite_vit.runtime.config import ConfigError, default_evaluator_output_dir, load_config, split_override
 from expedite_vit.runtime.output import claim_output_folder
-from expedite_vit.tools.lazy_config import (
-    ConfigError,
-    check_device,
-    check_model_settings,
-    default_evaluator_output_dir,
-    load_config,
-    split_override,
-)
 
 logger = logging.getLogger("detectron2.train_net")
 
@@ -154,9 +147,7 @@ def prepare(args):
     Raises:
         ConfigError, CheckpointFileError: one line naming the problem.
     """
-    cfg = load_config(args.config_file, args.opts)  # keys, and the type and range of settings
-    check_model_settings(cfg)  # settings against the model (blocks, windows)
-    check_device(cfg.train.device)
+    cfg = load_checked_config(args.config_file, args.opts)
     path = cfg.train.init_checkpoint or ""
     if args.eval_only and args.random_weights:
         if _checkpoint_given(args.opts) and path:

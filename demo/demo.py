@@ -31,19 +31,18 @@ import tqdm
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
-from expedite_vit.benchmark.fidelity import OutputRecorder
-from expedite_vit.benchmark.inputs import (
+from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config
+from expedite_vit.runtime.config import ConfigError
+from expedite_vit.runtime.inputs import (
     ImageInputError,
     expand_image_paths,
+    inference_augmentations,
     load_image,
     model_input_format,
     predictor_input,
     split_trailing_overrides,
-    inference_augmentations,
 )
-from expedite_vit.benchmark.models import build_model, build_model_pair, token_reduction_modules
-from expedite_vit.checkpoint import CheckpointMismatchError
-from expedite_vit.tools.lazy_config import ConfigError, load_config
+from expedite_vit.runtime.models import OutputRecorder, build_model, build_model_pair, token_reduction_modules
 from expedite_vit.visualization import (
     PREDICTION_KINDS,
     PredictionKindError,
@@ -312,10 +311,7 @@ def main(argv=None) -> int:
     setup_logger()  # detectron2's messages (checkpoint loading)
     # Everything that can be checked before the (slow) model build is checked first.
     try:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"config file {args.config_file!r} does not exist")
-        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device} but CUDA is not available; use --device cpu")
+        cfg = load_checked_config(args.config_file, args.opts, device=args.device)
         if args.input:
             inputs = expand_image_paths(args.input)
             outputs = image_output_paths(inputs, args.output, args.overwrite)
@@ -323,7 +319,6 @@ def main(argv=None) -> int:
             if not os.path.isfile(args.video_input):
                 raise FileNotFoundError(f"video file {args.video_input!r} does not exist")
             video_output = video_output_path(args.video_input, args.output, args.overwrite)
-        cfg = load_config(args.config_file, args.opts)
     except (ValueError, OSError) as error:
         parser.error(str(error))
 
@@ -339,7 +334,7 @@ def main(argv=None) -> int:
                 parser.exit(1, f"{parser.prog}: error: {message}")
         else:
             run_video(renderer, args.video_input, video_output)
-    except (ConfigError, ImageInputError, CheckpointMismatchError, PredictionKindError, OSError) as error:
+    except (*USER_ERRORS, PredictionKindError, OSError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     return 0
 

@@ -11,15 +11,15 @@ from detectron2.config import instantiate
 from detectron2.structures import Boxes, Instances
 
 from expedite_vit.benchmark import BenchmarkSettings, FeatureSimilarity, PredictionAgreement, match_detections
-from expedite_vit.benchmark.inputs import (
+from expedite_vit.runtime.inputs import (
     photograph_inputs,
     split_trailing_overrides,
     inference_augmentations,
 )
-from expedite_vit.benchmark.models import with_expedite_disabled
+from expedite_vit.runtime.models import with_expedite_disabled
 from expedite_vit.benchmark.report import write_markdown
 from expedite_vit.benchmark.timing import latency_summary
-from expedite_vit.tools.lazy_config import load_config
+from expedite_vit.runtime.config import load_config
 from test_train_net import REPO_ROOT, TINY_COCO_ENV, TINY_CONFIG, _write_coco_split
 
 TEST_DATASET = "tiny_vitdet_coco_val"
@@ -340,7 +340,7 @@ def two_images(tmp_path_factory):
 def test_more_images_than_there_are_is_refused_before_measuring(
     tiny_coco_dir, two_images, no_measuring, capsys, source, count, message
 ):
-    from expedite_vit.benchmark.inputs import ImageInputError
+    from expedite_vit.runtime.inputs import ImageInputError
     from expedite_vit.benchmark.runner import run_benchmark
 
     given = {"dataset": {"dataset": TEST_DATASET}, "inputs": {"inputs": two_images}, "photographs": {}}[source]

@@ -12,7 +12,7 @@ from detectron2.config import instantiate
 from skimage import data
 
 from expedite import cluster_windows
-from expedite_vit.tools.lazy_config import load_config
+from expedite_vit.runtime.config import load_config
 from expedite_vit.visualization import cluster_labels, draw_token_clusters, side_by_side
 from test_train_net import REPO_ROOT, TINY_CONFIG
 
@@ -274,7 +274,7 @@ def test_demo_task_the_model_lacks_is_a_clear_error(demo, checkpoint, images, tm
 
 
 def _model_input(path, cfg):
-    from expedite_vit.benchmark.inputs import inference_augmentations, load_image, predictor_input
+    from expedite_vit.runtime.inputs import inference_augmentations, load_image, predictor_input
 
     return predictor_input(load_image(str(path), "BGR"), inference_augmentations(cfg))["image"]
 
@@ -341,7 +341,7 @@ def test_bad_images_in_a_list_are_skipped_and_reported_at_the_end(demo, checkpoi
 
 
 def test_minimum_image_side_is_32_pixels(tmp_path):
-    from expedite_vit.benchmark.inputs import ImageInputError, load_image
+    from expedite_vit.runtime.inputs import ImageInputError, load_image
 
     cv2.imwrite(str(tmp_path / "ok.png"), np.zeros((32, 40, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "thin.png"), np.zeros((31, 400, 3), np.uint8))
@@ -385,3 +385,15 @@ def test_large_image_is_drawn_scaled_down_with_predictions_aligned(demo, checkpo
     cv2.imwrite(str(tmp_path / "in.jpg"), large)
     assert demo.main(demo_args(checkpoint, "--input", str(tmp_path / "in.jpg"), "--output", str(out))) == 0
     assert read_rgb(out).shape == (1200, 1600, 3)
+
+
+def test_demo_needs_the_runtime_not_the_benchmark():
+    # The demo is a client of expedite_vit.runtime, like the benchmark; it must not import the
+    # benchmark package (which pulls in fvcore's FLOP counting and the evaluators' plumbing).
+    import ast
+
+    tree = ast.parse((REPO_ROOT / "demo" / "demo.py").read_text())
+    modules = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in modules if m.startswith("expedite_vit.benchmark")], modules
+    assert any(m.startswith("expedite_vit.runtime") for m in modules)

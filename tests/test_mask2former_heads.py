@@ -20,7 +20,7 @@ from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 
-from expedite_vit.checkpoint import CheckpointMismatchError, load_checkpoint
+from expedite_vit.runtime.checkpoint import CheckpointMismatchError, load_checkpoint
 from expedite_vit.modeling.mask2former import (
     HungarianMatcher,
     MaskFormer,

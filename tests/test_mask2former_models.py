@@ -28,7 +28,7 @@ from torch import nn
 from conftest import skip_weight_init
 from expedite_vit.benchmark import BenchmarkSettings, run_benchmark
 from expedite_vit.benchmark.fidelity import build_evaluator
-from expedite_vit.checkpoint import CheckpointMismatchError, load_checkpoint
+from expedite_vit.runtime.checkpoint import CheckpointMismatchError, load_checkpoint
 from expedite_vit.data import generate_expedite_scenes, register_expedite_scenes
 from expedite_vit.data.panoptic_semantic import (
     panoptic_to_semantic,
@@ -44,7 +44,7 @@ from expedite_vit.data.mask2former_mappers import (
 from expedite_vit.evaluation import build_segmentation_evaluator
 from expedite_vit.modeling import ExpeditedViT
 from expedite_vit.modeling.vit_adapter import Mask2FormerSimpleFeaturePyramid
-from expedite_vit.tools.lazy_config import ConfigError, load_config
+from expedite_vit.runtime.config import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs" / "Mask2Former"

@@ -1,4 +1,4 @@
-"""Tests of train_net.py and expedite_vit.tools.lazy_config on a tiny CPU ViTDet Mask R-CNN."""
+"""Tests of train_net.py and expedite_vit.runtime.config on a tiny CPU ViTDet Mask R-CNN."""
 import importlib.util
 import json
 import os
@@ -12,10 +12,10 @@ import torch
 from detectron2.config import LazyConfig
 from PIL import Image
 
-from expedite_vit.checkpoint import read_checkpoint
+from expedite_vit.runtime.checkpoint import read_checkpoint
 from expedite_vit.evaluation import FiniteOutputs, NonFiniteError, check_finite_metrics
 from expedite_vit.runtime.output import LOCK_FILE, OutputFolderError, claim_output_folder
-from expedite_vit.tools.lazy_config import (
+from expedite_vit.runtime.config import (
     ConfigError,
     check_device,
     check_model_settings,

@@ -20,7 +20,7 @@ from detectron2.modeling import ViT
 
 from expedite import ExpediteConfig
 from expedite_vit.modeling import ExpeditedViT
-from expedite_vit.tools.lazy_config import load_config
+from expedite_vit.runtime.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "upstream_vitdet_configs.json"

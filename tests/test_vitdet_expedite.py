@@ -11,7 +11,7 @@ from detectron2.modeling import ViT
 
 from conftest import REPO, skip_weight_init
 from expedite import ExpediteConfig
-from expedite_vit.checkpoint import CheckpointMismatchError, load_checkpoint
+from expedite_vit.runtime.checkpoint import CheckpointMismatchError, load_checkpoint
 from expedite_vit.modeling import ExpeditedViT
 
 TINY_VIT = dict(

@@ -23,11 +23,10 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from expedite_vit.benchmark import BenchmarkSettings, format_table, markdown_section, run_benchmark
-from expedite_vit.benchmark.inputs import ImageInputError, expand_image_paths, split_trailing_overrides
 from expedite_vit.benchmark.report import check_output_path, write_json, write_markdown
 from expedite_vit.benchmark.runner import AMP_DTYPES, resolve_num_images
-from expedite_vit.checkpoint import CheckpointMismatchError
-from expedite_vit.tools.lazy_config import ConfigError, load_config
+from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config
+from expedite_vit.runtime.inputs import expand_image_paths, split_trailing_overrides
 
 
 def parse_args(argv=None):
@@ -77,8 +76,6 @@ def main(argv=None) -> int:
     logger = setup_logger(name="expedite_vit")
     setup_logger()  # detectron2's own messages (checkpoint loading, evaluation)
     try:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"config file {args.config_file!r} does not exist")
         settings = BenchmarkSettings(
             device=args.device, num_images=args.num_images, warmup=args.warmup, iters=args.iters,
             amp=args.amp, image_size=args.image_size, backbone_only=args.backbone_only,
@@ -89,14 +86,14 @@ def main(argv=None) -> int:
         expand_image_paths(args.input)
         check_output_path(args.output_json, args.overwrite)
         check_output_path(args.output_md, args.overwrite, append=args.append)
-        cfg = load_config(args.config_file, args.opts)
+        cfg = load_checked_config(args.config_file, args.opts, device=args.device)
         settings = resolve_num_images(settings)  # the config registers datasets: after loading it
     except (ValueError, OSError) as error:
         parser.error(str(error))
 
     try:
         results = run_benchmark(cfg, settings, command=command_line(argv))
-    except (ConfigError, ImageInputError, CheckpointMismatchError, OSError) as error:
+    except (*USER_ERRORS, OSError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(format_table(results))
     if args.output_json:

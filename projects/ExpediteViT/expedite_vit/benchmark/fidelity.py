@@ -22,14 +22,12 @@ from detectron2.config import instantiate
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import Instances, pairwise_iou
 from omegaconf import DictConfig, ListConfig
-from torch import nn
 
 from ..data.subset import register_image_subset
-from ..tools.lazy_config import ConfigError
+from ..runtime.config import ConfigError
 
 __all__ = [
     "FeatureSimilarity",
-    "OutputRecorder",
     "PredictionAgreement",
     "TaskMetric",
     "build_evaluator",
@@ -158,31 +156,6 @@ class FeatureSimilarity:
 
     def summary(self) -> Dict[str, float]:
         return {name: self._sums[name] / self._counts[name] for name in self._sums}
-
-
-class OutputRecorder:
-    """Keeps the latest output of each named module, by forward hooks."""
-
-    def __init__(self, modules: Mapping[str, nn.Module]):
-        self.modules = dict(modules)
-        self.outputs: Dict[str, object] = {}
-        self._handles = []
-
-    def _hook(self, name: str):
-        def hook(module, args, output):
-            self.outputs[name] = output
-
-        return hook
-
-    def __enter__(self) -> "OutputRecorder":
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 def build_evaluator(cfg: DictConfig, dataset_name: str, output_dir: str, file_names=None) -> DatasetEvaluator:

@@ -7,7 +7,7 @@ so reduced and baseline models are counted alike.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Iterable
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -16,18 +16,19 @@ from torch import nn
 __all__ = ["count_flops"]
 
 
-def count_flops(module: nn.Module, *inputs) -> Dict[str, float]:
+def count_flops(module: nn.Module, *inputs, submodules: Iterable[str] = ()) -> Dict[str, float]:
     """Returns {"total": flops, <submodule name>: flops, ...} for one forward of ``module``.
 
-    Submodule entries cover the direct children and the token-reduction layers wherever they are
-    (names ending in ``token_clustering`` / ``token_reconstruction``).
+    Submodule entries cover the direct children and the named ``submodules`` (full names, e.g.
+    the token-reduction layers found by :func:`expedite_vit.runtime.models.token_reduction_modules`).
     """
+    wanted = set(submodules)
     with torch.no_grad():
         analysis = FlopCountAnalysis(module, inputs)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         by_module = analysis.by_module()
     result = {"total": float(analysis.total())}
     for name, flops in by_module.items():
-        if name and ("." not in name or name.endswith(("token_clustering", "token_reconstruction"))):
+        if name and ("." not in name or name in wanted):
             result[name] = float(flops)
     return result

@@ -22,9 +22,9 @@ from detectron2.export import TracingAdapter
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .fidelity import FeatureSimilarity, OutputRecorder, PredictionAgreement, TaskMetric
+from .fidelity import FeatureSimilarity, PredictionAgreement, TaskMetric
 from .flops import count_flops
-from .inputs import (
+from ..runtime.inputs import (
     available_images,
     backbone_inputs,
     check_num_images,
@@ -36,7 +36,9 @@ from .inputs import (
     photograph_inputs,
     inference_augmentations,
 )
-from .models import (
+from ..runtime.models import (
+    TOKEN_REDUCTION_LAYERS,
+    OutputRecorder,
     backbone_modules,
     build_model_pair,
     checkpoint_path,
@@ -51,7 +53,7 @@ __all__ = ["AMP_DTYPES", "BenchmarkSettings", "check_targets", "resolve_num_imag
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-TOKEN_REDUCTION_KINDS = ("token_clustering", "token_reconstruction")
+TOKEN_REDUCTION_KINDS = tuple(TOKEN_REDUCTION_LAYERS)
 # Targets: the backbone's measured speed-up should realise most of its FLOPs reduction, and
 # the added clustering + reconstruction should cost little of the backbone's time.
 LATENCY_FLOPS_FRACTION = 0.9
@@ -152,11 +154,12 @@ def _backbone_flops(model: nn.Module, backbone_x: torch.Tensor) -> Dict[str, flo
     """FLOPs of the backbone (and pyramid), with token clustering and reconstruction apart."""
     flops = {}
     for name, module in backbone_modules(model).items():
-        counted = count_flops(module, backbone_x)
+        layers = {kind: list(token_reduction_modules(module, kind)) for kind in TOKEN_REDUCTION_KINDS}
+        counted = count_flops(module, backbone_x, submodules=[n for names in layers.values() for n in names])
         flops[name] = counted["total"]
         if name == "backbone":
-            for kind in TOKEN_REDUCTION_KINDS:
-                flops[kind] = sum(v for k, v in counted.items() if k.split(".")[-1] == kind)
+            for kind, names in layers.items():
+                flops[kind] = sum(counted.get(n, 0.0) for n in names)
     return flops
 
 

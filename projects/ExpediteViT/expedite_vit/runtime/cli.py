@@ -6,12 +6,17 @@ import contextlib
 import sys
 from typing import Iterator
 
-from ..checkpoint import CheckpointFileError, CheckpointMismatchError
+from typing import Optional, Sequence
+
+from omegaconf import DictConfig
+
 from ..evaluation.finite import NonFiniteError
-from ..tools.lazy_config import ConfigError
+from .checkpoint import CheckpointFileError, CheckpointMismatchError
+from .config import ConfigError, check_device, check_model_settings, load_config
+from .inputs import ImageInputError
 from .output import OutputFolderError
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_RUN_FAILED", "USER_ERRORS", "exit_on_user_error"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_RUN_FAILED", "USER_ERRORS", "exit_on_user_error", "load_checked_config"]
 
 # argparse's code for a bad command line; the same for any input refused before the run starts.
 EXIT_BAD_INPUT = 2
@@ -24,7 +29,28 @@ USER_ERRORS = (
     CheckpointMismatchError,
     OutputFolderError,
     NonFiniteError,
+    ImageInputError,
 )
+
+
+def load_checked_config(
+    config_file: str, overrides: Sequence[str], device: Optional[str] = None, device_setting: str = "--device"
+) -> DictConfig:
+    """The start-up every entry point shares, before any model is built or file written: the
+    config with its overrides (keys; type and range of every token-reduction setting), those
+    settings against the model they go into, and the device (``device``, given as
+    ``device_setting``, or the config's ``train.device``).
+
+    Raises:
+        ConfigError: one line naming the key or flag, the value and what is allowed.
+    """
+    cfg = load_config(config_file, overrides)
+    check_model_settings(cfg)
+    if device is None:
+        check_device(cfg.train.device)
+    else:
+        check_device(device, device_setting)
+    return cfg
 
 
 @contextlib.contextmanager

@@ -214,13 +214,16 @@ def check_model_settings(cfg: DictConfig) -> None:
             raise ConfigError(_with_path(error, path)) from None
 
 
-def check_device(device: str) -> None:
-    """Fail early, with the fix in the message, when a CUDA device is asked for but absent."""
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={device!r} but CUDA is not available on this machine; "
-            "add the override train.device=cpu"
-        )
+def check_device(device: str, setting: str = "train.device") -> None:
+    """Fail early, with the fix in the message, when a CUDA device is asked for but absent.
+    ``setting``: how the user chose the device (a config key, or a flag such as ``--device``)."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"{setting}={device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        fix = "add the override train.device=cpu" if setting == "train.device" else f"use {setting} cpu"
+        raise ConfigError(f"{setting}={device!r} but CUDA is not available on this machine; {fix}")
 
 
 def default_evaluator_output_dir(cfg: DictConfig) -> None:

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 from detectron2.config import instantiate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 from torch import nn
 
-from ..checkpoint import load_checkpoint
-from ..tools.lazy_config import ConfigError, expedite_nodes
+from expedite import TokenClusteringLayer, TokenReconstructionLayer
+
+from .checkpoint import load_checkpoint, read_checkpoint
+from .config import ConfigError, expedite_nodes
 
 __all__ = [
+    "OutputRecorder",
+    "TOKEN_REDUCTION_LAYERS",
     "backbone_modules",
     "build_model",
     "build_model_pair",
@@ -62,13 +65,11 @@ def build_model(cfg: DictConfig, device: str, model_cfg: Optional[DictConfig] = 
     """``model_cfg`` (default ``cfg.model``) in eval mode on ``device``, with the weights of
     ``train.init_checkpoint`` loaded strictly; loudly random when there is no checkpoint."""
     path = checkpoint_path(cfg)
-    # URLs and detectron2:// names are fetched by the checkpointer; a local file is checked here,
-    # before the model is built, with a clearer message than the checkpointer's assertion.
-    if path and "://" not in path and not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} (train.init_checkpoint) does not exist")
+    # Read first: a missing or broken file is named before minutes go into building the model.
+    checkpoint = read_checkpoint(path) if path else None
     model = instantiate(model_cfg if model_cfg is not None else cfg.model).to(device).eval()
     if path:
-        load_checkpoint(model, path, strict=True)
+        load_checkpoint(model, path, strict=True, preloaded=checkpoint)
     else:
         logger.warning(RANDOM_WEIGHTS_WARNING)
     return model
@@ -100,7 +101,43 @@ def backbone_modules(model: nn.Module) -> Dict[str, nn.Module]:
     return {"backbone": pyramid}
 
 
+# The token-reduction layers, as tools name them in their reports.
+TOKEN_REDUCTION_LAYERS = {
+    "token_clustering": TokenClusteringLayer,
+    "token_reconstruction": TokenReconstructionLayer,
+}
+
+
 def token_reduction_modules(module: nn.Module, kind: str) -> Dict[str, nn.Module]:
-    """Submodules named ``kind`` ("token_clustering" or "token_reconstruction"), by full name."""
-    return {name: m for name, m in module.named_modules() if name.split(".")[-1] == kind}
+    """The token-reduction layers of type ``TOKEN_REDUCTION_LAYERS[kind]`` in ``module`` whose
+    settings have reduction on (a host keeps its layers when it is off), by full name."""
+    layer_type = TOKEN_REDUCTION_LAYERS[kind]
+    return {
+        name: m for name, m in module.named_modules() if isinstance(m, layer_type) and m.config.enabled
+    }
+
+
+class OutputRecorder:
+    """Keeps the latest output of each named module, by forward hooks."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]):
+        self.modules = dict(modules)
+        self.outputs: Dict[str, object] = {}
+        self._handles = []
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            self.outputs[name] = output
+
+        return hook
+
+    def __enter__(self) -> "OutputRecorder":
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
