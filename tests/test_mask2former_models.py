@@ -43,7 +43,7 @@ from expedite_vit.data.mask2former_mappers import (
 )
 from expedite_vit.evaluation import build_segmentation_evaluator
 from expedite_vit.modeling import ExpeditedViT
-from expedite_vit.modeling.vit_adapter import Mask2FormerSimpleFeaturePyramid
+from expedite_vit.modeling.vitdet_pyramid import Mask2FormerSimpleFeaturePyramid
 from expedite_vit.runtime.config import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

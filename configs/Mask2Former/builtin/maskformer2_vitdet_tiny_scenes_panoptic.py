@@ -9,7 +9,7 @@ from detectron2.config import LazyCall as L
 
 from expedite import ExpediteConfig
 from expedite_vit.modeling import ExpeditedViT
-from expedite_vit.modeling.vit_adapter import Mask2FormerSimpleFeaturePyramid
+from expedite_vit.modeling.vitdet_pyramid import Mask2FormerSimpleFeaturePyramid
 
 from ..common.models import feature_shapes
 from .maskformer2_swin_tiny_scenes_panoptic import (
