@@ -10,7 +10,7 @@ setting, the settings against the model, the device, the checkpoint file, and th
 which must not hold another run's results (``--overwrite``, or ``--resume`` for training) and is
 locked while the run writes into it. Each mistake is one line on stderr and exit code 2.
 Evaluation results are logged and, with --eval-only, saved to OUTPUT_DIR/metrics_eval.json;
-predictions or metrics that are NaN are an error.
+there, predictions or metrics that are NaN are an error.
 """
 import json
 import logging
@@ -49,11 +49,9 @@ PROG = "train_net.py"
 def evaluate(cfg, model):
     """Run the test loader through ``model`` and return the evaluator's results."""
     results = inference_on_dataset(
-        FiniteOutputs(model), instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )
     print_csv_format(results)
-    if comm.is_main_process():
-        check_finite_metrics(results)
     return results
 
 
@@ -103,8 +101,11 @@ def eval_only(cfg, preloaded=None):
         load_checkpoint(model, cfg.train.init_checkpoint, preloaded=preloaded)
     else:
         logger.warning("--random-weights: evaluating UNTRAINED weights; the metrics mean nothing")
-    results = evaluate(cfg, model)
+    # NaN predictions or metrics are an error here, where they are the result; the periodic
+    # evaluation during training only logs, as detectron2's does.
+    results = evaluate(cfg, FiniteOutputs(model))
     if comm.is_main_process():
+        check_finite_metrics(results)
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
         logger.info("Evaluation results saved to %s", path)
@@ -149,7 +150,9 @@ def prepare(args):
     """
     cfg = load_checked_config(args.config_file, args.opts)
     path = cfg.train.init_checkpoint or ""
-    if args.eval_only and args.random_weights:
+    if args.random_weights and not args.eval_only:
+        raise ConfigError("--random-weights goes with --eval-only; training starts from train.init_checkpoint")
+    if args.random_weights:
         if _checkpoint_given(args.opts) and path:
             raise ConfigError("--random-weights evaluates untrained weights: drop train.init_checkpoint=, or the flag")
         cfg.train.init_checkpoint = ""

@@ -3,7 +3,9 @@ so a host's ``state_dict`` is the same with token reduction on or off.
 
 They read their :class:`~expedite.ExpediteConfig` at every call, so settings changed on a built
 model (``model.backbone.net.expedite.grid = 8``) take effect at the next forward. The config's
-``implementation`` is turned into the core's keyword flags here, and only here.
+``implementation`` is turned into the core's keyword flags here; the two official points that
+belong to Swin alone (bilinear bias resize, the mask built for the old shift) are the Swin
+host's, in ``SwinStage.forward``.
 """
 from __future__ import annotations
 

@@ -425,3 +425,11 @@ def test_two_processes_equal_one_and_report_errors_the_same(trained_dir, tmp_pat
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [line for line in bad.stderr.strip().splitlines() if "error:" in line]
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_random_weights_goes_with_eval_only(tiny_coco_dir):
+    # Training with --random-weights would silently drop the config's init checkpoint.
+    train_net = _import_train_net()
+    args = train_net.argument_parser().parse_args(["--config-file", str(TINY_CONFIG), "--random-weights"])
+    with pytest.raises(ConfigError, match="--random-weights goes with --eval-only"):
+        train_net.prepare(args)

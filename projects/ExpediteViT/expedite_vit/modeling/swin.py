@@ -48,6 +48,10 @@ __all__ = [
     "shifted_window_attention_mask",
 ]
 
+# Swin-T's layout; the constructor and the settings check before building share it.
+_DEFAULT_DEPTHS = (2, 2, 6, 2)
+_DEFAULT_WINDOW_SIZE = 7
+
 # Added to the attention logits of token pairs from different regions of a shifted window. Swin
 # uses a finite value rather than -inf; kept so that outputs match the checkpoints' training code.
 _MASKED_LOGIT = -100.0
@@ -466,9 +470,9 @@ class D2SwinTransformer(ExpediteHost, Backbone):
         patch_size: int = 4,
         in_chans: int = 3,
         embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 6, 2),
+        depths: Sequence[int] = _DEFAULT_DEPTHS,
         num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int = 7,
+        window_size: int = _DEFAULT_WINDOW_SIZE,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.3,
         out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
@@ -539,8 +543,8 @@ class D2SwinTransformer(ExpediteHost, Backbone):
     def check_expedite_settings(
         expedite: ExpediteConfig,
         *,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        window_size: int = 7,
+        depths: Sequence[int] = _DEFAULT_DEPTHS,
+        window_size: int = _DEFAULT_WINDOW_SIZE,
         **_other_swin_arguments,
     ) -> Optional[Tuple[int, int]]:
         """Check ``expedite`` against a Swin built with these arguments (the config loader calls
