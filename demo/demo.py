@@ -47,9 +47,10 @@ from expedite_vit.visualization import (
     PREDICTION_KINDS,
     PredictionKindError,
     add_caption,
-    cluster_labels,
+    describe_reduced_tokens,
     draw_predictions,
     draw_token_clusters,
+    token_labels,
     side_by_side,
     to_rgb,
 )
@@ -187,14 +188,16 @@ class DemoRenderer:
     ):
         if compare:
             baseline, expedited = build_model_pair(cfg, device)
-            clustering = token_reduction_modules(expedited, "token_clustering")
-            if not clustering:
+            restorers = token_reduction_modules(expedited, "restore")
+            if not restorers:
                 raise ConfigError(
                     "--compare needs token reduction on in the config "
                     "(e.g. model.backbone.net.expedite.enabled=True)"
                 )
             self.models = {"baseline": baseline, "expedited": expedited}
-            self.clustering = clustering[sorted(clustering)[0]]  # the first clustering layer
+            # The first host's restoring layers: their input is the reduced state to draw.
+            host = sorted(restorers)[0].rpartition(".")[0]
+            self.restorers = {name: m for name, m in restorers.items() if name.rpartition(".")[0] == host}
         else:
             self.models = {"model": build_model(cfg, device)}
         model = next(iter(self.models.values()))
@@ -233,19 +236,18 @@ class DemoRenderer:
         model_input, image_rgb = self.prepare(image)
         baseline = self.models["baseline"]([model_input])[0]
         expedited_model = self.models["expedited"]
-        with OutputRecorder({"clustering": self.clustering}) as recorder:
+        with OutputRecorder(self.restorers) as recorder:
             expedited = expedited_model([model_input])[0]
-        _, state = recorder.outputs["clustering"]
+        state = next(iter(recorder.inputs.values()))  # the one restoring layer that ran
         padded_size = expedited_model.preprocess_image([model_input]).tensor.shape[-2:]
         clusters = draw_token_clusters(
-            image_rgb, cluster_labels(state), model_input["image"].shape[-2:], padded_size
+            image_rgb, token_labels(state), model_input["image"].shape[-2:], padded_size
         )
-        grid = "x".join(map(str, state.grid))
         return side_by_side(
             [
                 add_caption(self._draw(image_rgb, baseline), "baseline"),
                 add_caption(self._draw(image_rgb, expedited), "expedited"),
-                add_caption(clusters, f"token clusters ({grid} per {state.window}x{state.window} window)"),
+                add_caption(clusters, describe_reduced_tokens(state)),
             ]
         )
 

@@ -1,72 +1,96 @@
-"""Settings of token reduction, as one plain object a LazyConfig node instantiates.
+"""Settings of token reduction: one plain object a LazyConfig node instantiates.
 
-In a model config it lives in a node named ``expedite`` (for ViTDet ``model.backbone.net.expedite``)
-so every field can be overridden from the command line, e.g.
-``model.backbone.net.expedite.enabled=False`` or ``model.backbone.net.expedite.grid=8``.
+In a model config it lives in a node named ``expedite`` (for ViTDet ``model.backbone.net.expedite``).
+It holds what every method shares (``enabled``, ``method``, ``location``) and one settings object
+per method, so every field can be overridden from the command line::
 
-Every field is checked, strictly, when the object is built *and* whenever a field is assigned
-later (``model.backbone.net.expedite.grid = 8`` on a built model): a command-line value that
-OmegaConf parsed into something else (``enabled=no`` is the string ``"no"``, ``grid=4.0`` a float)
-is refused, not misread. Errors are one-line :class:`ValueError`s that name the key
-(``expedite.<field>``), the value, its type and what is allowed. What depends on the host (the
-number of blocks, the window size) is checked by :meth:`ExpediteConfig.check_host`, which every
-host calls when it is built with reduction on and again at each forward.
+    model.backbone.net.expedite.enabled=False
+    model.backbone.net.expedite.expedit.grid=8
+    model.backbone.net.expedite.method=tome model.backbone.net.expedite.tome.r=12
+
+``method`` picks which one runs; the others keep their settings for when they are picked. Every
+field is checked, strictly, when the object is built *and* whenever a field is assigned later
+(``net.expedite.expedit.grid = 8`` on a built model): a command-line value that OmegaConf parsed
+into something else (``enabled=no`` is the string ``"no"``, ``grid=4.0`` a float) is refused, not
+misread. Errors are one-line ``ValueError``/``AttributeError``s that name the key
+(``expedite.<field>`` or ``expedite.<method>.<field>``), the value, its type and what is allowed.
+What depends on the host (its blocks and windows) is checked by :meth:`ExpediteConfig.check_host`
+with the host's :class:`HostLayout`, the one place every host's settings are validated.
 """
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from collections.abc import Sequence as _SequenceABC
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Dict, Sequence, Tuple, Union
 
-__all__ = ["ExpediteConfig", "IMPLEMENTATIONS", "NORMALIZATIONS"]
+__all__ = [
+    "AiluRusSettings",
+    "ExpeditSettings",
+    "ExpediteConfig",
+    "HostLayout",
+    "IMPLEMENTATIONS",
+    "METHODS",
+    "NORMALIZATIONS",
+    "ToMeSettings",
+]
 
 IMPLEMENTATIONS = ("default", "official")
 NORMALIZATIONS = ("sum", "l2")
 
 
-def _describe(name: str, value: Any) -> str:
-    return f"expedite.{name}={value!r} ({type(value).__name__})"
+# ----------------------------------------------------------------------------------------------
+# Field checks: each takes the full key (for the message) and the value, returns the value to store.
 
 
-def _refuse(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{_describe(name, value)} is not allowed: {allowed}")
+def _refuse(key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{key}={value!r} ({type(value).__name__}) is not allowed: {allowed}")
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_bool(name: str, value: Any) -> bool:
+def _check_bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     raise _refuse(
-        name, value, "it must be True or False (a bool; strings such as 'no' or 'true' are refused)"
+        key, value, "it must be True or False (a bool; strings such as 'no' or 'true' are refused)"
     )
 
 
 def _int_check(minimum: int, odd: bool = False) -> Callable[[str, Any], int]:
-    def check(name: str, value: Any) -> int:
+    def check(key: str, value: Any) -> int:
         if _is_int(value) and value >= minimum and (not odd or value % 2 == 1):
             return int(value)
         need = "an odd int >= 1 (a square centred on the token's own cell)" if odd else f"an int >= {minimum}"
-        raise _refuse(name, value, f"it must be {need} (not a bool, float or string)")
+        raise _refuse(key, value, f"it must be {need} (not a bool, float or string)")
 
     return check
 
 
-def _check_temperature(name: str, value: Any) -> float:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        value_f = float(value)
-        if math.isfinite(value_f) and value_f > 0:
-            return value_f
-    raise _refuse(
-        name, value, "it must be a finite number > 0 (an int or float; not a bool, string, inf or nan)"
-    )
+def _real_check(minimum: float, maximum: float, *, open_minimum: bool) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value_f = float(value)
+            above = value_f > minimum if open_minimum else value_f >= minimum
+            if math.isfinite(value_f) and above and value_f <= maximum:
+                return value_f
+        low = f"> {minimum:g}" if open_minimum else f">= {minimum:g}"
+        high = "" if math.isinf(maximum) else f" and <= {maximum:g}"
+        raise _refuse(
+            key, value, f"it must be a finite number {low}{high} (an int or float; not a bool, string, inf or nan)"
+        )
+
+    return check
 
 
-def _check_grid(name: str, value: Any) -> Tuple[int, int]:
+_check_temperature = _real_check(0.0, math.inf, open_minimum=True)
+
+
+def _check_grid(key: str, value: Any) -> Tuple[int, int]:
     if _is_int(value) and value >= 1:
         return (int(value), int(value))
     # Any sequence but a string: a tuple, a list, or an OmegaConf ListConfig from a config file.
@@ -74,42 +98,85 @@ def _check_grid(name: str, value: Any) -> Tuple[int, int]:
         if all(_is_int(g) and g >= 1 for g in value):
             return (int(value[0]), int(value[1]))
     raise _refuse(
-        name, value, "it must be an int >= 1 or a pair of them (cells per window, e.g. 7 or (7, 7))"
+        key, value, "it must be an int >= 1 or a pair of them (cells per window, e.g. 7 or (7, 7))"
     )
 
 
 def _choice_check(choices: Tuple[str, ...]) -> Callable[[str, Any], str]:
-    def check(name: str, value: Any) -> str:
+    def check(key: str, value: Any) -> str:
         if isinstance(value, str) and value in choices:
             return value
-        raise _refuse(name, value, "it must be one of " + ", ".join(repr(c) for c in choices))
+        raise _refuse(key, value, "it must be one of " + ", ".join(repr(c) for c in choices))
 
     return check
 
 
-# One check per field; construction and later assignments both go through these.
-_FIELD_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
-    "enabled": _check_bool,
-    "location": _int_check(0),
-    "grid": _check_grid,
-    "n_iters": _int_check(0),
-    "cluster_temperature": _check_temperature,
-    "locality_window": _int_check(1, odd=True),
-    "k": _int_check(1),
-    "reconstruct_temperature": _check_temperature,
-    "normalize": _choice_check(NORMALIZATIONS),
-    "implementation": _choice_check(IMPLEMENTATIONS),
-}
+@dataclass(frozen=True)
+class HostLayout:
+    """What a host tells the settings check about itself.
+
+    Attributes:
+        name: the host's name in messages ("ViT", "Swin").
+        num_blocks: blocks, counted as ``location`` counts them.
+        window: side of the square attention windows the methods work in (Expedit clusters
+            each, AiluRus and ToMe merge within each); 0 when the host has none.
+        description: optional words on how blocks are counted (Swin: over all stages).
+        conv_blocks: blocks that end in a convolution over the token map (ViTDet's residual
+            blocks), which an irregular token set cannot take.
+    """
+
+    name: str
+    num_blocks: int
+    window: int
+    description: str = ""
+    conv_blocks: Tuple[int, ...] = ()
+
+
+class _Settings:
+    """Strict per-field checks on construction and on every later assignment.
+
+    A subclass is a dataclass that names its checks in ``_CHECKS`` and its key prefix in
+    ``_KEY`` (``expedite.tome``): an unknown field is an ``AttributeError`` listing the valid ones.
+    """
+
+    _KEY: ClassVar[str]
+    _TITLE: ClassVar[str]
+    _CHECKS: ClassVar[Dict[str, Callable[[str, Any], Any]]]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = self._CHECKS.get(name)
+        if check is None:
+            raise AttributeError(
+                f"{self._KEY}.{name} is not a{'n' if self._TITLE[0] in 'AEIOU' else ''} {self._TITLE} "
+                f"setting; its settings are: {', '.join(self.setting_names())}"
+            )
+        object.__setattr__(self, name, check(f"{self._KEY}.{name}", value))
+
+    @classmethod
+    def setting_names(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_value(cls, value: Any):
+        """An instance from an instance, a mapping of fields (a config node) or None (defaults);
+        unknown fields are refused with the list of valid ones."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            settings = cls()
+            for name, item in value.items():
+                setattr(settings, str(name), item)
+            return settings
+        raise _refuse(cls._KEY, value, f"it must be a {cls.__name__} or a mapping of its settings")
 
 
 @dataclass
-class ExpediteConfig:
-    """Expedit token clustering + reconstruction settings.
+class ExpeditSettings(_Settings):
+    """Expedit token clustering + reconstruction (METHODS.md section 1).
 
     Attributes:
-        enabled: off gives exactly the host model.
-        location: alpha, the number of blocks that run at full resolution; clustering runs
-            before block ``location`` (0-based), reconstruction after the last reduced block.
         grid: cluster grid per attention window (an int for a square grid), e.g. 7 for 14x14
             windows -> 7x7. Stored as an ``(h, w)`` tuple.
         n_iters: rounds of soft k-means.
@@ -123,13 +190,21 @@ class ExpediteConfig:
             clustered and the reduced map not cropped, and on Swin its bilinear bias resize and
             old-shift mask). It does not change ``normalize``: set ``normalize="l2"`` as well to
             reproduce published numbers.
-
-    Every field is validated on construction and on each later assignment (one-line
-    ValueError naming ``expedite.<field>``, the value, its type and what is allowed).
     """
 
-    enabled: bool = True
-    location: int = 8
+    _KEY: ClassVar[str] = "expedite.expedit"
+    _TITLE: ClassVar[str] = "Expedit"
+    _CHECKS: ClassVar[Dict[str, Callable[[str, Any], Any]]] = {
+        "grid": _check_grid,
+        "n_iters": _int_check(0),
+        "cluster_temperature": _check_temperature,
+        "locality_window": _int_check(1, odd=True),
+        "k": _int_check(1),
+        "reconstruct_temperature": _check_temperature,
+        "normalize": _choice_check(NORMALIZATIONS),
+        "implementation": _choice_check(IMPLEMENTATIONS),
+    }
+
     grid: Union[int, Sequence[int]] = 7
     n_iters: int = 5
     cluster_temperature: float = 0.01
@@ -138,13 +213,6 @@ class ExpediteConfig:
     reconstruct_temperature: float = 0.01
     normalize: str = "sum"
     implementation: str = "default"
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        check = _FIELD_CHECKS.get(name)
-        if check is None:
-            known = ", ".join(f.name for f in fields(self))
-            raise AttributeError(f"expedite.{name} is not a setting; the settings are: {known}")
-        object.__setattr__(self, name, check(name, value))
 
     @property
     def radius(self) -> int:
@@ -159,45 +227,182 @@ class ExpediteConfig:
         """True when reproducing the official implementation."""
         return self.implementation == "official"
 
-    def check_host(self, *, num_blocks: int, window: int, host: str = "host", layout: str = "") -> None:
-        """Raise a one-line ValueError (naming the key, the value and the allowed range) if
-        these settings cannot run on a host.
-
-        The one host check every host shares; hosts call it at construction (when enabled) and
-        at each forward, so a setting changed on a built model is checked before it is used.
-
-        Args:
-            num_blocks: blocks of the host, counted as ``location`` counts them.
-            window: side of the square attention windows that are clustered (0: none).
-            host: the host's name for the messages ("ViT", "Swin").
-            layout: optional description of the blocks for the location message.
-        """
-        if not self.enabled:
-            return
+    def check_host(self, layout: HostLayout) -> None:
+        window = layout.window
         if window <= 0:
             raise ValueError(
-                f"expedite.enabled={self.enabled!r}: this {host} has no windowed attention "
-                f"(window_size={window}) and clustering runs per attention window; allowed: False"
-            )
-        if self.location >= num_blocks:
-            detail = f"{layout}, so " if layout else ""
-            raise ValueError(
-                f"expedite.location={self.location!r} is past the last {host} block: "
-                f"{detail}location must lie in [0, {num_blocks - 1}] (the host has {num_blocks} blocks)"
+                f"expedite.method='expedit': this {layout.name} has no windowed attention "
+                f"and Expedit clusters per attention window; allowed methods here: 'ailurus', 'tome'"
             )
         grid_h, grid_w = self.grid
         if grid_h != grid_w:
             raise ValueError(
-                f"expedite.grid={self.grid!r}: grid {grid_h}x{grid_w} must be square for the "
-                f"{host}'s square windows; allowed: an int, or a pair of equal ints, from 1 to {window}"
+                f"{self._KEY}.grid={self.grid!r}: grid {grid_h}x{grid_w} must be square for the "
+                f"{layout.name}'s square windows; allowed: an int, or a pair of equal ints, from 1 to {window}"
             )
         if grid_h > window:
             raise ValueError(
-                f"expedite.grid={self.grid!r}: grid {grid_h}x{grid_w} is larger than the "
-                f"{window}x{window} {host} window it clusters; allowed: 1 to {window}"
+                f"{self._KEY}.grid={self.grid!r}: grid {grid_h}x{grid_w} is larger than the "
+                f"{window}x{window} {layout.name} window it clusters; allowed: 1 to {window}"
             )
         if self.k > self.num_clusters:
             raise ValueError(
-                f"expedite.k={self.k!r} is above the cluster count {self.num_clusters} "
+                f"{self._KEY}.k={self.k!r} is above the cluster count {self.num_clusters} "
                 f"({grid_h}x{grid_w} per window); allowed: 1 to {self.num_clusters}"
             )
+
+
+@dataclass
+class AiluRusSettings(_Settings):
+    """AiluRus spatial-aware density-peak clustering (METHODS.md section 2).
+
+    Attributes:
+        budget: anchors (density peaks) per attention window; the tokens that merge into them
+            form the low-resolution regions, every other token stays as it is.
+        neighbourhood: odd side of the square (in tokens) within which densities are measured and
+            tokens merge into an anchor.
+        density_k: nearest neighbours of the local density.
+        threshold: the cosine similarity to an anchor a token needs to merge into it.
+        proportional_attention: add log(tokens merged) to the attention logits of merged keys.
+    """
+
+    _KEY: ClassVar[str] = "expedite.ailurus"
+    _TITLE: ClassVar[str] = "AiluRus"
+    _CHECKS: ClassVar[Dict[str, Callable[[str, Any], Any]]] = {
+        "budget": _int_check(1),
+        "neighbourhood": _int_check(1, odd=True),
+        "density_k": _int_check(1),
+        "threshold": _real_check(-1.0, 1.0, open_minimum=False),
+        "proportional_attention": _check_bool,
+    }
+
+    budget: int = 16
+    neighbourhood: int = 5
+    density_k: int = 5
+    threshold: float = 0.5
+    proportional_attention: bool = True
+
+    @property
+    def radius(self) -> int:
+        return self.neighbourhood // 2
+
+    def check_host(self, layout: HostLayout) -> None:
+        window = layout.window
+        if window > 0 and self.budget > window * window:
+            raise ValueError(
+                f"{self._KEY}.budget={self.budget!r} is above the {window * window} tokens of a "
+                f"{window}x{window} {layout.name} window; allowed: 1 to {window * window}"
+            )
+        if window > 0 and self.neighbourhood > 2 * window - 1:
+            raise ValueError(
+                f"{self._KEY}.neighbourhood={self.neighbourhood!r} is larger than the "
+                f"{window}x{window} {layout.name} window it works in; allowed: odd, 1 to {2 * window - 1}"
+            )
+
+
+@dataclass
+class ToMeSettings(_Settings):
+    """ToMe bipartite soft matching with unmerge (METHODS.md section 4).
+
+    Attributes:
+        r: tokens merged per attention window in every block from ``location`` on.
+        proportional_attention: add log(tokens merged) to the attention logits of merged keys.
+    """
+
+    _KEY: ClassVar[str] = "expedite.tome"
+    _TITLE: ClassVar[str] = "ToMe"
+    _CHECKS: ClassVar[Dict[str, Callable[[str, Any], Any]]] = {
+        "r": _int_check(0),
+        "proportional_attention": _check_bool,
+    }
+
+    r: int = 8
+    proportional_attention: bool = True
+
+    def check_host(self, layout: HostLayout) -> None:
+        window = layout.window
+        if window > 0 and self.r > (window * window) // 2:
+            raise ValueError(
+                f"{self._KEY}.r={self.r!r}: a block can merge at most half the {window * window} "
+                f"tokens of a {window}x{window} {layout.name} window; allowed: 0 to {(window * window) // 2}"
+            )
+
+
+# The methods ``expedite.method`` may name, each with its settings class (and config field).
+METHODS: Dict[str, type] = {"expedit": ExpeditSettings, "ailurus": AiluRusSettings, "tome": ToMeSettings}
+
+_COMMON_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
+    "enabled": _check_bool,
+    "method": _choice_check(tuple(METHODS)),
+    "location": _int_check(0),
+}
+
+
+@dataclass
+class ExpediteConfig:
+    """Token reduction settings of one host.
+
+    Attributes:
+        enabled: off gives exactly the host model.
+        method: the method that runs: "expedit" (token clustering + reconstruction), "ailurus"
+            (density-peak merging, unmerged at the end) or "tome" (bipartite merging in every
+            later block, unmerged at the end).
+        location: the number of blocks that run at full resolution; the method reduces the
+            tokens before block ``location`` (0-based) and restores the full map after the last
+            reduced block (ViT: the last block; Swin: the last block of that stage).
+        expedit, ailurus, tome: each method's own settings (an instance or a mapping of fields).
+
+    Every field is validated on construction and on each later assignment (one-line errors
+    naming ``expedite.<field>`` or ``expedite.<method>.<field>``, the value, its type and what
+    is allowed).
+    """
+
+    enabled: bool = True
+    method: str = "expedit"
+    location: int = 8
+    expedit: ExpeditSettings = field(default_factory=ExpeditSettings)
+    ailurus: AiluRusSettings = field(default_factory=AiluRusSettings)
+    tome: ToMeSettings = field(default_factory=ToMeSettings)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in METHODS:
+            object.__setattr__(self, name, METHODS[name].from_value(value))
+            return
+        check = _COMMON_CHECKS.get(name)
+        if check is None:
+            owners = [m for m, cls in METHODS.items() if name in cls.setting_names()]
+            hint = f" ({owners[0]}'s is expedite.{owners[0]}.{name})" if owners else ""
+            known = ", ".join(f.name for f in fields(self))
+            raise AttributeError(f"expedite.{name} is not a setting{hint}; the settings are: {known}")
+        object.__setattr__(self, name, check(f"expedite.{name}", value))
+
+    @property
+    def settings(self) -> _Settings:
+        """The chosen method's settings."""
+        return getattr(self, self.method)
+
+    def check_host(self, layout: HostLayout) -> None:
+        """Raise a one-line ValueError (naming the key, the value and the allowed range) if these
+        settings cannot run on a host with this layout.
+
+        The one host check: every host calls it at construction (when enabled) and at each
+        forward, and the config loader calls it before building, with the host's layout.
+        """
+        if not self.enabled:
+            return
+        if self.location >= layout.num_blocks:
+            detail = f"{layout.description}, so " if layout.description else ""
+            raise ValueError(
+                f"expedite.location={self.location!r} is past the last {layout.name} block: "
+                f"{detail}location must lie in [0, {layout.num_blocks - 1}] "
+                f"(the host has {layout.num_blocks} blocks)"
+            )
+        if self.method != "expedit":
+            conv = [i for i in layout.conv_blocks if i >= self.location]
+            if conv:
+                raise ValueError(
+                    f"expedite.method={self.method!r}: {layout.name} blocks {conv} end in a "
+                    f"convolution over the token map, which an irregular token set cannot take; "
+                    f"use expedite.location > {max(conv)} or method 'expedit'"
+                )
+        self.settings.check_host(layout)

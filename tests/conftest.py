@@ -35,3 +35,28 @@ def fixtures_dir():
     if not os.path.isdir(FIXTURES):
         pytest.fail(f"checkpoint key fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+# What every token reduction method shares; the other ExpediteConfig keys the tests use are
+# Expedit's own settings (``expedite.expedit.<field>``).
+COMMON_SETTINGS = ("enabled", "method", "location")
+
+
+def expedit_settings(**flat):
+    """ExpediteConfig (or ``expedite_node``) arguments from flat Expedit settings: ``enabled``,
+    ``method`` and ``location`` as they are, every other field under ``expedit``."""
+    common = {k: v for k, v in flat.items() if k in COMMON_SETTINGS}
+    return {**common, "expedit": {k: v for k, v in flat.items() if k not in COMMON_SETTINGS}}
+
+
+def expedit_config(**flat):
+    """``ExpediteConfig`` from flat Expedit settings (see :func:`expedit_settings`)."""
+    from expedite import ExpediteConfig
+
+    return ExpediteConfig(**expedit_settings(**flat))
+
+
+def set_expedit(config, key, value):
+    """Assign a flat Expedit setting on a built config: a common one on the config itself,
+    the others on its ``expedit`` settings."""
+    setattr(config if key in COMMON_SETTINGS else config.expedit, key, value)

@@ -148,23 +148,24 @@ def test_official_config_state_dict_is_the_checkpoints(fixtures_dir, config, exp
 @pytest.mark.parametrize("config", sorted(PUBLISHED_PRESETS))
 def test_published_expedite_presets(config):
     expedite = load_config(str(CONFIGS / config)).model.backbone.expedite
-    fields = ("location", "grid", "n_iters", "cluster_temperature", "locality_window", "k",
-              "reconstruct_temperature")
-    assert expedite.enabled and expedite.normalize == "sum"
-    assert tuple(expedite[f] for f in fields) == PUBLISHED_PRESETS[config]
+    fields = ("grid", "n_iters", "cluster_temperature", "locality_window", "k", "reconstruct_temperature")
+    assert expedite.enabled and expedite.method == "expedit" and expedite.expedit.normalize == "sum"
+    got = (expedite.location,) + tuple(expedite.expedit[f] for f in fields)
+    assert got == PUBLISHED_PRESETS[config]
 
 
 def test_presets_are_complete_expedite_configs():
-    # One home, one style: each preset names every ExpediteConfig field.
-    import dataclasses
-
-    from expedite import ExpediteConfig
+    # One home, one style: each preset names every common ExpediteConfig field and every
+    # setting of its method (Expedit).
+    from conftest import COMMON_SETTINGS
+    from expedite import ExpediteConfig, ExpeditSettings
 
     presets = LazyConfig.load(str(CONFIGS / "common" / "models.py")).SWIN_LARGE_EXPEDITE_PRESETS
-    fields = {f.name for f in dataclasses.fields(ExpediteConfig)}
     assert set(presets) == {"coco_panoptic", "coco_instance", "ade20k_semantic"}
     for name, preset in presets.items():
-        assert set(preset) == fields, name
+        assert set(preset) == {*COMMON_SETTINGS, "expedit"}, name
+        assert preset["method"] == "expedit", name
+        assert set(preset["expedit"]) == set(ExpeditSettings.setting_names()), name
         ExpediteConfig(**preset)
 
 
@@ -203,7 +204,7 @@ def test_official_config_saves_as_loadable_yaml_with_backbone_lr_factor(config, 
     "override, message",
     [
         ("model.backbone.expedite.location=24", r"location=24\b.* past the last Swin block.*\[0, 23\]"),
-        ("model.backbone.expedite.grid=13", r"grid 13x13 is larger than the 12x12 Swin window"),
+        ("model.backbone.expedite.expedit.grid=13", r"grid 13x13 is larger than the 12x12 Swin window"),
     ],
 )
 def test_bad_expedite_settings_fail_at_instantiation(override, message):

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import ViT
 
-from expedite import ClusterContext, ExpediteConfig, cluster_tokens, cluster_windows
+from conftest import expedit_config
+from expedite import ClusterContext, cluster_tokens, cluster_windows
 from expedite import reconstruct_tokens, reconstruct_windows
 from expedite.clustering import _cell_of_position
 from expedite_vit.modeling import ExpeditedViT
@@ -223,7 +224,7 @@ def test_point5_bias_table_resized_bilinearly():
 
 def small_swin(implementation, window=12):
     torch.manual_seed(0)
-    expedite = ExpediteConfig(location=1, grid=8, n_iters=2, locality_window=3, k=4, implementation=implementation)
+    expedite = expedit_config(location=1, grid=8, n_iters=2, locality_window=3, k=4, implementation=implementation)
     return D2SwinTransformer(
         embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=window,
         out_features=("res2", "res3"), expedite=expedite,
@@ -272,7 +273,7 @@ def small_vit(**expedite):
     kwargs = dict(img_size=224, patch_size=16, embed_dim=16, depth=3, num_heads=2, window_size=14,
                   window_block_indexes=[0, 2], use_rel_pos=True, rel_pos_zero_init=False)
     plain = ViT(**kwargs)
-    model = ExpeditedViT(expedite=ExpediteConfig(**expedite), **kwargs).eval()
+    model = ExpeditedViT(expedite=expedit_config(**expedite), **kwargs).eval()
     model.load_state_dict(plain.state_dict())
     return model
 
@@ -283,7 +284,7 @@ def test_point4_and_6_on_the_vitdet_host(implementation):
     block 1; the official reduced map (35x35) is what the reference clusters window by window."""
     model = small_vit(location=1, grid=7, n_iters=2, k=5, implementation=implementation)
     seen = {}
-    model.token_clustering.register_forward_hook(lambda m, args, out: seen.update(x=args[0], reduced=out[0]))
+    model.token_reduction.clustering.register_forward_hook(lambda m, args, out: seen.update(x=args[0], reduced=out.x))
     model.blocks[1].attn.register_forward_pre_hook(lambda m, args: seen.update(global_input=args[0]))
     with torch.no_grad():
         out = model(torch.randn(1, 3, 1024, 1024))["last_feat"]
@@ -319,7 +320,7 @@ def test_end_to_end_swin_official_differs_by_bias_and_mask():
         torch.manual_seed(0)
         models[implementation] = D2SwinTransformer(
             embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), window_size=6,
-            expedite=ExpediteConfig(**settings, implementation=implementation),
+            expedite=expedit_config(**settings, implementation=implementation),
         ).eval()
     x = torch.randn(1, 3, 96 * 2, 96 * 2)  # stage 3 map 12x12: 2x2 windows of 6x6
     with torch.no_grad():

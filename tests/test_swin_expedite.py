@@ -17,7 +17,7 @@ from detectron2.config import instantiate
 from detectron2.modeling.backbone.swin import SwinTransformer as Detectron2Swin
 from fvcore.nn import FlopCountAnalysis
 
-from conftest import FIXTURES
+from conftest import FIXTURES, expedit_config, expedit_settings, set_expedit
 from expedite import ExpediteConfig, reduced_length
 from expedite_vit.modeling.swin import (
     D2SwinTransformer,
@@ -96,12 +96,14 @@ def swin_large_shapes():
             **SWIN_LARGE,
             expedite=ExpediteConfig(
                 location=10,
-                grid=8,
-                n_iters=5,
-                cluster_temperature=0.05,
-                locality_window=7,
-                k=10,
-                reconstruct_temperature=0.05,
+                expedit=dict(
+                    grid=8,
+                    n_iters=5,
+                    cluster_temperature=0.05,
+                    locality_window=7,
+                    k=10,
+                    reconstruct_temperature=0.05,
+                ),
             ),
         )
     return {key: list(value.shape) for key, value in model.state_dict().items()}
@@ -118,7 +120,7 @@ def test_state_dict_is_the_official_swin_large(swin_large_shapes, config_path):
 def test_location_counts_blocks_over_all_stages(location, stage, block):
     """The published Swin-L operating points (alpha 10, 12, 8) all fall in stage 3 (index 2)."""
     with torch.device("meta"):
-        model = D2SwinTransformer(**SWIN_LARGE, expedite=ExpediteConfig(location=location, grid=8))
+        model = D2SwinTransformer(**SWIN_LARGE, expedite=ExpediteConfig(location=location, expedit=dict(grid=8)))
     assert model.reduction_point() == (stage, block)
 
 
@@ -194,7 +196,7 @@ def test_plain_equals_detectron2_swin(size):
 
 def test_disabled_is_plain_even_with_silly_settings():
     # A disabled config is not validated: grid 9 > window 6 and location 99 are fine.
-    disabled = ExpediteConfig(enabled=False, location=99, grid=9)
+    disabled = ExpediteConfig(enabled=False, location=99, expedit=dict(grid=9))
     x = images(1, 3, 64, 80)
     with torch.no_grad():
         assert_outputs_close(build(disabled)(x), build()(x), atol=0)
@@ -209,11 +211,13 @@ def test_out_features_subset():
 
 
 def test_lazy_config_instantiates():
-    node = L(D2SwinTransformer)(**TINY, expedite=L(ExpediteConfig)(**REDUCING))
+    from expedite_vit.settings import expedite_node
+
+    node = L(D2SwinTransformer)(**TINY, expedite=expedite_node(**expedit_settings(**REDUCING)))
     node.expedite.location = 4
     model = instantiate(node)
     assert model.reduction_point() == (2, 0)
-    assert model.token_clustering.window == 6
+    assert model.token_reduction.clustering.window == 6
 
 
 # --- Expedited behaviour --------------------------------------------------------------------------
@@ -223,7 +227,7 @@ def test_lazy_config_instantiates():
 def test_identity_clustering_equals_plain(location):
     """grid == window, no k-means rounds, k=1: clustering is the identity, the window and
     shift are unchanged, so the expedited backbone is the plain one."""
-    identity = ExpediteConfig(location=location, grid=6, n_iters=0, k=1)
+    identity = ExpediteConfig(location=location, expedit=dict(grid=6, n_iters=0, k=1))
     x = images(2, 3, 90, 70)
     with torch.no_grad():
         assert_outputs_close(build(identity)(x), build()(x), atol=1e-5)
@@ -231,7 +235,7 @@ def test_identity_clustering_equals_plain(location):
 
 @pytest.mark.parametrize("location", [1, 8])
 def test_batch_of_two_equals_two_batches_of_one(location):
-    model = build(ExpediteConfig(**{**REDUCING, "location": location}))
+    model = build(expedit_config(**{**REDUCING, "location": location}))
     x = images(2, 3, 80, 96)
     with torch.no_grad():
         together = model(x)
@@ -247,7 +251,7 @@ def test_batch_of_two_equals_two_batches_of_one(location):
 def test_odd_sizes_keep_the_plain_shapes(size, location):
     """352x544 is a 333x517 image padded to size_divisibility 32; 33x51 leaves every stage's
     map smaller than one window."""
-    model = build(ExpediteConfig(**{**REDUCING, "location": location}))
+    model = build(expedit_config(**{**REDUCING, "location": location}))
     plain = build()
     x = images(1, 3, *size)
     with torch.no_grad():
@@ -263,7 +267,7 @@ def test_odd_sizes_keep_the_plain_shapes(size, location):
 
 def test_reduced_blocks_use_the_grid_window_and_shift():
     """Record what every block of the clustered stage is called with."""
-    model = build(ExpediteConfig(**REDUCING))  # stage 3 (4 blocks), clustered before block 1
+    model = build(expedit_config(**REDUCING))  # stage 3 (4 blocks), clustered before block 1
     calls = []
     for block in model.layers[2].blocks:
         block.register_forward_pre_hook(lambda module, args: calls.append(args))
@@ -280,7 +284,7 @@ def test_reduced_blocks_use_the_grid_window_and_shift():
 
 
 def test_expedited_forward_changes_no_parameter():
-    model = build(ExpediteConfig(**REDUCING))
+    model = build(expedit_config(**REDUCING))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model(images(1, 3, 64, 64))
@@ -292,7 +296,7 @@ def test_expedited_forward_changes_no_parameter():
 def test_expedited_output_is_close_but_not_equal_to_plain():
     x = images(1, 3, 96, 96)
     with torch.no_grad():
-        out, plain = build(ExpediteConfig(**REDUCING))(x), build()(x)
+        out, plain = build(expedit_config(**REDUCING))(x), build()(x)
     diff = (out["res4"] - plain["res4"]).abs().mean() / plain["res4"].abs().mean()
     assert 0 < diff < 1
 
@@ -418,19 +422,19 @@ def test_shifted_block_on_reduced_map_matches_reference():
     "settings, message",
     [
         (dict(location=10), r"^expedite\.location=10 is past the last Swin block: depths \[2, 2, 4, 2\] .*\[0, 9\]"),
-        (dict(grid=8), r"^expedite\.grid=\(8, 8\): grid 8x8 is larger than the 6x6 Swin window"),
-        (dict(grid=(4, 3)), r"^expedite\.grid=\(4, 3\): grid 4x3 must be square"),
-        (dict(grid=2, k=5), r"^expedite\.k=5 is above the cluster count 4"),
+        (dict(grid=8), r"^expedite\.expedit\.grid=\(8, 8\): grid 8x8 is larger than the 6x6 Swin window"),
+        (dict(grid=(4, 3)), r"^expedite\.expedit\.grid=\(4, 3\): grid 4x3 must be square"),
+        (dict(grid=2, k=5), r"^expedite\.expedit\.k=5 is above the cluster count 4"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_error(settings, message):
     with pytest.raises(ValueError, match=message) as err:
-        D2SwinTransformer(**TINY, expedite=ExpediteConfig(**{**REDUCING, **settings}))
+        D2SwinTransformer(**TINY, expedite=expedit_config(**{**REDUCING, **settings}))
     assert "\n" not in str(err.value)
     # Made on a built model, the same settings fail at the next forward with the same message.
-    model = build(ExpediteConfig(**{**REDUCING, "enabled": False}))
+    model = build(expedit_config(**{**REDUCING, "enabled": False}))
     for key, value in settings.items():
-        setattr(model.expedite, key, value)
+        set_expedit(model.expedite, key, value)
     model.expedite.enabled = True
     with pytest.raises(ValueError, match=message):
         model(images(1, 3, 64, 64))
@@ -451,7 +455,7 @@ def test_bad_arguments_fail_with_a_clear_error():
 def test_expedited_backbone_costs_fewer_flops():
     x = images(1, 3, 96, 96)
     counts = {}
-    for name, model in [("plain", build()), ("expedited", build(ExpediteConfig(**REDUCING)))]:
+    for name, model in [("plain", build()), ("expedited", build(expedit_config(**REDUCING)))]:
         analysis = FlopCountAnalysis(model, x)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         counts[name] = analysis.total()
@@ -463,13 +467,13 @@ def test_expedited_backbone_costs_fewer_flops():
 
 def test_switching_on_a_model_built_with_reduction_off():
     x = images(1, 3, 96, 80)
-    off = build(ExpediteConfig(**{**REDUCING, "enabled": False}))
+    off = build(expedit_config(**{**REDUCING, "enabled": False}))
     with torch.no_grad():
         plain = off(x)
         assert off.reduction_point() is None
         off.expedite.enabled = True
         assert off.reduction_point() == (2, 1)
-        assert_outputs_close(off(x), build(ExpediteConfig(**REDUCING))(x), atol=0)
+        assert_outputs_close(off(x), build(expedit_config(**REDUCING))(x), atol=0)
         off.expedite.enabled = False
         assert_outputs_close(off(x), plain, atol=0)
 
@@ -480,27 +484,27 @@ def test_switching_on_a_model_built_with_reduction_off():
 )
 def test_changing_settings_on_a_built_model_equals_a_fresh_build(change):
     x = images(1, 3, 96, 80)
-    model = build(ExpediteConfig(**REDUCING))
+    model = build(expedit_config(**REDUCING))
     with torch.no_grad():
         before = model(x)
         for key, value in change.items():
-            setattr(model.expedite, key, value)
+            set_expedit(model.expedite, key, value)
         after = model(x)
-        assert_outputs_close(after, build(ExpediteConfig(**{**REDUCING, **change}))(x), atol=0)
+        assert_outputs_close(after, build(expedit_config(**{**REDUCING, **change}))(x), atol=0)
     assert not torch.equal(after["res5"], before["res5"])
 
 
 def test_bad_assignment_on_a_built_model_is_refused_at_once():
-    model = build(ExpediteConfig(**REDUCING))
+    model = build(expedit_config(**REDUCING))
     with pytest.raises(ValueError, match=r"^expedite\.location=True \(bool\) is not allowed: "):
         model.expedite.location = True
-    with pytest.raises(ValueError, match=r"^expedite\.implementation='Official' \(str\) is not allowed: "):
-        model.expedite.implementation = "Official"
-    assert model.expedite.location == 5 and model.expedite.implementation == "default"
+    with pytest.raises(ValueError, match=r"^expedite\.expedit\.implementation='Official' \(str\) is not allowed: "):
+        model.expedite.expedit.implementation = "Official"
+    assert model.expedite.location == 5 and model.expedite.expedit.implementation == "default"
 
 
 def test_state_dict_is_the_same_with_reduction_on_or_off():
-    on, off = build(ExpediteConfig(**REDUCING)), build()
+    on, off = build(expedit_config(**REDUCING)), build()
     assert on.state_dict().keys() == off.state_dict().keys()
     from expedite import TokenClusteringLayer, TokenReconstructionLayer
 

@@ -225,7 +225,9 @@ def test_resume_continues_from_checkpoint(trained_dir):
     assert "Starting training from iteration 2" in (trained_dir / "log.txt").read_text()
 
 
-@pytest.mark.parametrize("expedite", ["model.backbone.net.expedite.enabled=False", "model.backbone.net.expedite.grid=3"])
+@pytest.mark.parametrize(
+    "expedite", ["model.backbone.net.expedite.enabled=False", "model.backbone.net.expedite.expedit.grid=3"]
+)
 def test_eval_only_end_to_end(trained_dir, tmp_path, expedite):
     checkpoint = trained_dir / "model_final.pth"
     result = run_train_net(
@@ -260,12 +262,12 @@ EXPEDITE = "model.backbone.net.expedite"
     [
         ("enabled=no", "enabled='no' (str) is not allowed"),
         ("enabled=off", "enabled='off' (str) is not allowed"),
-        ("cluster_temperature=abc", "cluster_temperature='abc' (str) is not allowed"),
-        ("grid=4.0", "grid=4.0 (float) is not allowed"),
+        ("expedit.cluster_temperature=abc", "expedit.cluster_temperature='abc' (str) is not allowed"),
+        ("expedit.grid=4.0", "expedit.grid=4.0 (float) is not allowed"),
         ("location=true", "location=True (bool) is not allowed"),
-        ("reconstruct_temperature=inf", "reconstruct_temperature=inf (float) is not allowed"),
-        ("cluster_temperature=inf", "cluster_temperature=inf (float) is not allowed"),
-        ("k=0", "k=0 (int) is not allowed"),
+        ("expedit.reconstruct_temperature=inf", "expedit.reconstruct_temperature=inf (float) is not allowed"),
+        ("expedit.cluster_temperature=inf", "expedit.cluster_temperature=inf (float) is not allowed"),
+        ("expedit.k=0", "expedit.k=0 (int) is not allowed"),
     ],
 )
 def test_bad_settings_are_refused_when_the_config_is_loaded(tiny_coco_dir, override, message):
@@ -280,7 +282,7 @@ def test_bad_settings_are_refused_when_the_config_is_loaded(tiny_coco_dir, overr
     "override, message",
     [
         ("location=9", f"{EXPEDITE}.location=9"),  # the tiny ViT has 4 blocks
-        ("grid=5", f"{EXPEDITE}.grid"),  # its windows are 4x4
+        ("expedit.grid=5", f"{EXPEDITE}.expedit.grid"),  # its windows are 4x4
     ],
 )
 def test_settings_that_do_not_fit_the_host_are_refused_before_building(tiny_coco_dir, override, message):
@@ -309,9 +311,9 @@ def test_bad_setting_leaves_the_previous_runs_config(trained_dir, tmp_path):
     before = {p.name: p.read_bytes() for p in output.iterdir()}
     again = run_train_net(
         "--eval-only", "--overwrite", f"train.output_dir={output}", f"train.init_checkpoint={checkpoint}",
-        f"{EXPEDITE}.grid=4.0",
+        f"{EXPEDITE}.expedit.grid=4.0",
     )
-    assert again.returncode == 2 and "grid=4.0 (float)" in again.stderr
+    assert again.returncode == 2 and f"{EXPEDITE}.expedit.grid=4.0 (float)" in again.stderr
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
 
 

@@ -5,7 +5,6 @@ detectron2 snapshot by tools/upstream_vitdet_configs.py (its "source" says which
 Ours may differ in two places only: the backbone class (ExpeditedViT instead of ViT) and the
 ``expedite`` node it adds.
 """
-import dataclasses
 import functools
 import importlib.util
 import json
@@ -18,7 +17,7 @@ from detectron2.config import LazyConfig
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ViT
 
-from expedite import ExpediteConfig
+from expedite import ExpediteConfig, ExpeditSettings
 from expedite_vit.modeling import ExpeditedViT
 from expedite_vit.runtime.config import load_config
 
@@ -83,17 +82,22 @@ def test_config_equals_upstream(upstream, name):
 
 
 def test_vitdet_presets_are_complete_expedite_configs():
-    # One home, one style: each preset names every ExpediteConfig field.
+    # One home, one style: each preset names every common ExpediteConfig field and every
+    # setting of its method (Expedit).
     presets = LazyConfig.load(str(REPO / "configs" / "common" / "vitdet.py")).VITDET_EXPEDITE_PRESETS
-    fields = {f.name for f in dataclasses.fields(ExpediteConfig)}
+    common = ("enabled", "method", "location")
+    expedit_fields = set(ExpeditSettings.setting_names())
     assert set(presets) == {"base", "large", "huge"}
     for name, preset in presets.items():
-        assert set(preset) == fields, name
+        assert set(preset) == {*common, "expedit"}, name
+        assert preset["method"] == "expedit", name
+        assert set(preset["expedit"]) == expedit_fields, name
         ExpediteConfig(**preset)
     for name in CONFIGS:
         size = {"b": "base", "l": "large", "h": "huge"}[name.split("_")[-2]]
         expedite = load_config(str(OURS_DIR / name)).model.backbone.net.expedite
-        assert {f: expedite[f] for f in fields} == presets[size], name
+        assert {f: expedite[f] for f in common} == {f: presets[size][f] for f in common}, name
+        assert {f: expedite.expedit[f] for f in expedit_fields} == presets[size]["expedit"], name
 
 
 def test_flatten():

@@ -9,7 +9,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import ViT
 
-from conftest import REPO, skip_weight_init
+from conftest import REPO, expedit_config, set_expedit, skip_weight_init
 from expedite import ExpediteConfig
 from expedite_vit.runtime.checkpoint import CheckpointMismatchError, load_checkpoint
 from expedite_vit.modeling import ExpeditedViT
@@ -28,7 +28,7 @@ def tiny_pair(**expedite):
         for block in plain.blocks:  # random relative positions, so their resizing matters
             block.attn.rel_pos_h.normal_(std=0.5)
             block.attn.rel_pos_w.normal_(std=0.5)
-    fast = ExpeditedViT(expedite=ExpediteConfig(**expedite), **TINY_VIT).eval()
+    fast = ExpeditedViT(expedite=expedit_config(**expedite), **TINY_VIT).eval()
     fast.load_state_dict(plain.state_dict())
     return plain, fast
 
@@ -86,19 +86,22 @@ def test_training_through_the_layers():
 @pytest.mark.parametrize(
     "expedite,message",
     [
-        (dict(location=1, grid=5, k=1), r"^expedite\.grid=\(5, 5\): grid 5x5 is larger than the 4x4 ViT window"),
+        (
+            dict(location=1, grid=5, k=1),
+            r"^expedite\.expedit\.grid=\(5, 5\): grid 5x5 is larger than the 4x4 ViT window",
+        ),
         (dict(location=4, grid=2, k=1), r"^expedite\.location=4 is past the last ViT block: .*\[0, 3\]"),
-        (dict(location=1, grid=2, k=5), r"^expedite\.k=5 is above the cluster count 4"),
-        (dict(location=1, grid=(2, 3), k=1), r"^expedite\.grid=\(2, 3\): grid 2x3 must be square"),
+        (dict(location=1, grid=2, k=5), r"^expedite\.expedit\.k=5 is above the cluster count 4"),
+        (dict(location=1, grid=(2, 3), k=1), r"^expedite\.expedit\.grid=\(2, 3\): grid 2x3 must be square"),
     ],
 )
 def test_bad_settings_are_named(expedite, message):
     with pytest.raises(ValueError, match=message):
-        ExpeditedViT(expedite=ExpediteConfig(**expedite), **TINY_VIT)
+        ExpeditedViT(expedite=expedit_config(**expedite), **TINY_VIT)
     # The same settings made on a built model fail at the next forward, with the same message.
     _, fast = tiny_pair(enabled=False)
     for key, value in expedite.items():
-        setattr(fast.expedite, key, value)
+        set_expedit(fast.expedite, key, value)
     fast.expedite.enabled = True
     with pytest.raises(ValueError, match=message):
         fast(torch.randn(1, 3, 64, 64))
@@ -106,12 +109,13 @@ def test_bad_settings_are_named(expedite, message):
 
 def test_windowless_vit_is_refused_only_when_enabled():
     kwargs = {**TINY_VIT, "window_size": 0, "window_block_indexes": []}
-    model = ExpeditedViT(expedite=ExpediteConfig(enabled=False), **kwargs)
+    # location 1 fits the 4 blocks: the location is checked before the (Expedit-only) windows.
+    model = ExpeditedViT(expedite=ExpediteConfig(enabled=False, location=1), **kwargs)
     model.expedite.enabled = True
     with pytest.raises(ValueError, match="this ViT has no windowed attention"):
         model(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="this ViT has no windowed attention"):
-        ExpeditedViT(expedite=ExpediteConfig(location=1, grid=2, k=1), **kwargs)
+        ExpeditedViT(expedite=ExpediteConfig(location=1, expedit=dict(grid=2, k=1)), **kwargs)
 
 
 # --- Settings changed on a built model ----------------------------------------------------------
@@ -123,7 +127,7 @@ def test_switching_on_a_model_built_with_reduction_off():
     x = torch.randn(1, 3, 128, 112)
     with torch.no_grad():
         plain = built_off(x)["last_feat"]
-        built_off.expedite.location, built_off.expedite.grid, built_off.expedite.k = 1, 3, 4
+        built_off.expedite.location, built_off.expedite.expedit.grid, built_off.expedite.expedit.k = 1, 3, 4
         torch.testing.assert_close(built_off(x)["last_feat"], plain, rtol=0, atol=0)  # still off
         built_off.expedite.enabled = True
         torch.testing.assert_close(built_off(x)["last_feat"], built_on(x)["last_feat"], rtol=0, atol=0)
@@ -143,27 +147,28 @@ def test_changing_settings_on_a_built_model_equals_a_fresh_build(change):
     with torch.no_grad():
         before = model(x)["last_feat"]
         for key, value in change.items():
-            setattr(model.expedite, key, value)
+            set_expedit(model.expedite, key, value)
         after = model(x)["last_feat"]
         torch.testing.assert_close(after, fresh(x)["last_feat"], rtol=0, atol=0)
     assert not torch.allclose(after, before)
     # A whole new config object works too, and the layers follow it.
     _, other = tiny_pair(**start)
-    other.expedite = ExpediteConfig(**{**start, **change})
-    assert other.token_clustering.config is other.token_reconstruction.config is other.expedite
+    other.expedite = expedit_config(**{**start, **change})
+    reduction = other.token_reduction
+    assert reduction.clustering.config is reduction.reconstruction.config is other.expedite
     with torch.no_grad():
         torch.testing.assert_close(other(x)["last_feat"], after, rtol=0, atol=0)
 
 
 def test_bad_assignment_on_a_built_model_is_refused_at_once():
     _, model = tiny_pair(location=1, grid=3, k=4)
-    with pytest.raises(ValueError, match=r"^expedite\.grid=8\.0 \(float\) is not allowed: "):
-        model.expedite.grid = 8.0
+    with pytest.raises(ValueError, match=r"^expedite\.expedit\.grid=8\.0 \(float\) is not allowed: "):
+        model.expedite.expedit.grid = 8.0
     with pytest.raises(ValueError, match=r"^expedite\.enabled='no' \(str\) is not allowed: "):
         model.expedite.enabled = "no"
     with pytest.raises(TypeError, match="ExpediteConfig"):
         model.expedite = {"grid": 2}
-    assert model.expedite.grid == (3, 3) and model.expedite.enabled is True
+    assert model.expedite.expedit.grid == (3, 3) and model.expedite.enabled is True
 
 
 def test_layers_exist_and_hold_no_tensors_either_way():

@@ -13,9 +13,15 @@ Usage:
         --device cuda --num-images 20 --iters 50 --output-json out/vitdet_b.json \\
         --output-md BENCHMARKS.md --append train.init_checkpoint=model_final.pkl
     python tools/benchmark.py --config-file CONFIG --dataset coco_2017_val --num-images 100 \\
-        train.init_checkpoint=model_final.pkl model.backbone.net.expedite.grid=8
+        train.init_checkpoint=model_final.pkl model.backbone.net.expedite.expedit.grid=8
+    python tools/benchmark.py --config-file CONFIG --methods expedit,ailurus,tome --match-flops ...
+
+With --methods, every named method runs against the same baseline on the same images, at the
+settings the config holds for it (its preset) or, with --match-flops, at the budget whose backbone
+FLOPs ratio is nearest the first method's; one table compares them.
 """
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -23,10 +29,12 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from expedite_vit.benchmark import BenchmarkSettings, format_table, markdown_section, run_benchmark
+from expedite_vit.benchmark.methods import format_method_table, match_backbone_flops, method_points, parse_methods
 from expedite_vit.benchmark.report import check_output_path, write_json, write_markdown
 from expedite_vit.benchmark.runner import AMP_DTYPES, resolve_num_images
 from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config
 from expedite_vit.runtime.inputs import expand_image_paths, split_trailing_overrides
+from expedite_vit.sweep import apply_point, measure_points
 
 
 def parse_args(argv=None):
@@ -55,6 +63,9 @@ def parse_args(argv=None):
     add("--output-md", metavar="FILE", help="write a markdown section here (see --append)")
     add("--append", action="store_true", help="append the markdown section to an existing --output-md")
     add("--overwrite", action="store_true", help="replace existing output files")
+    add("--methods", metavar="LIST", help="compare these methods (comma-separated: expedit,ailurus,tome)")
+    add("--match-flops", action="store_true",
+        help="with --methods: set each method's budget to the first method's backbone FLOPs ratio")
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides, key=value")
     args = parser.parse_args(argv)
     args.input, trailing_opts = split_trailing_overrides(args.input)
@@ -68,6 +79,28 @@ def command_line(argv) -> str:
     if script.startswith(os.pardir):  # run from outside the repository: an absolute path is clearer
         script = os.path.abspath(__file__)
     return shlex.join(["python", script, *argv])
+
+
+def compare_methods(parser, args, cfg, settings, methods, command: str) -> int:
+    """--methods: each method against the same baseline, one table (and JSON / markdown)."""
+    logger = logging.getLogger("expedite_vit")
+    try:
+        matching = match_backbone_flops(cfg, settings, methods) if args.match_flops else None
+        points = [matching[m]["point"] for m in methods] if matching else method_points(methods)
+        results = list(measure_points(cfg, settings, points))
+    except (*USER_ERRORS, OSError) as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    table = format_method_table(results)
+    print(table)
+    if args.output_json:
+        write_json({"command": command, "matching": matching, "methods": results}, args.output_json)
+        logger.info(f"Results written to {args.output_json}")
+    if args.output_md:
+        title = f"{os.path.basename(args.config_file)}: methods compared"
+        section = f"### {title}\n\n```\n{command}\n```\n\n{table}\n"
+        write_markdown(section, args.output_md, append=args.append)
+        logger.info(f"Markdown section written to {args.output_md}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -86,10 +119,20 @@ def main(argv=None) -> int:
         expand_image_paths(args.input)
         check_output_path(args.output_json, args.overwrite)
         check_output_path(args.output_md, args.overwrite, append=args.append)
+        methods = parse_methods(args.methods) if args.methods else None
+        if args.match_flops and not methods:
+            raise ValueError("--match-flops needs --methods")
         cfg = load_checked_config(args.config_file, args.opts, device=args.device)
         settings = resolve_num_images(settings)  # the config registers datasets: after loading it
+        points = method_points(methods) if methods else None
+        if points:
+            for point in points:
+                apply_point(cfg, point)  # each method's settings must fit the model
     except (ValueError, OSError) as error:
         parser.error(str(error))
+
+    if methods:
+        return compare_methods(parser, args, cfg, settings, methods, command_line(argv))
 
     try:
         results = run_benchmark(cfg, settings, command=command_line(argv))

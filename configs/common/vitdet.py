@@ -1,32 +1,39 @@
 # Expedit presets of the ViTDet COCO configs (configs/ViTDet/COCO/), the one home of ViTDet's
 # presets; Mask2Former's are SWIN_LARGE_EXPEDITE_PRESETS in configs/Mask2Former/common/models.py.
-# Each preset is a complete set of ExpediteConfig fields, set at model.backbone.net.expedite and
-# overridable from the command line (model.backbone.net.expedite.k=10, ...). Each 14x14 window is
-# clustered to grid x grid after `location` blocks.
-from detectron2.config import LazyCall as L
-
-from expedite import ExpediteConfig
+# Each preset gives the ExpediteConfig fields, set at model.backbone.net.expedite and
+# overridable from the command line (model.backbone.net.expedite.expedit.k=10, ...). Each 14x14
+# window is clustered to grid x grid after `location` blocks.
+from expedite_vit.settings import expedite_node
 
 VITDET_EXPEDITE_PRESETS = {
     # Backbone (ViT) GFLOPs at 1024x1024, fvcore, clustering and reconstruction counted
     # (BENCHMARKS.md): 483.2 -> 222.4, 2.17x.
     "base": dict(
-        enabled=True, location=4, grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5,
-        k=20, reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        enabled=True, method="expedit", location=4,
+        expedit=dict(
+            grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
+            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        ),
     ),
     # 1490.4 -> 716.6 GFLOPs, 2.08x.
     "large": dict(
-        enabled=True, location=8, grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5,
-        k=20, reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        enabled=True, method="expedit", location=8,
+        expedit=dict(
+            grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
+            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        ),
     ),
     # 2978.5 -> 1449.7 GFLOPs, 2.05x.
     "huge": dict(
-        enabled=True, location=8, grid=8, n_iters=5, cluster_temperature=0.01, locality_window=5,
-        k=20, reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        enabled=True, method="expedit", location=8,
+        expedit=dict(
+            grid=8, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
+            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        ),
     ),
 }
 
 
 def vitdet_expedite(preset: str):
     """The ``expedite`` node of ViTDet-{preset} (a key of VITDET_EXPEDITE_PRESETS)."""
-    return L(ExpediteConfig)(**VITDET_EXPEDITE_PRESETS[preset])
+    return expedite_node(**VITDET_EXPEDITE_PRESETS[preset])

@@ -18,7 +18,7 @@ from detectron2.data.datasets import register_coco_instances
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from detectron2.solver import WarmupParamScheduler
 
-from expedite import ExpediteConfig
+from expedite_vit.settings import expedite_node
 from expedite_vit.modeling import ExpeditedViT
 
 TRAIN_DATASET = "tiny_vitdet_coco_train"
@@ -46,7 +46,7 @@ model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
 vit = model.backbone.net
 vit._target_ = ExpeditedViT
 # Token reduction from block 1 on: 4x4 windows clustered to 2x2.
-vit.expedite = L(ExpediteConfig)(enabled=True, location=1, grid=2, k=3)
+vit.expedite = expedite_node(enabled=True, location=1, expedit=dict(grid=2, k=3))
 vit.img_size = IMAGE_SIZE
 vit.embed_dim = 64
 vit.depth = 4

@@ -44,13 +44,16 @@ model = mask2former(
         drop_path_rate=0.1,
         expedite=dict(
             enabled=True,
+            method="expedit",
             location=6,  # stage 3, block 2: its last 4 blocks run on the clustered map
-            grid=4,  # each 8x8 window -> 4x4 clusters
-            n_iters=5,
-            cluster_temperature=0.01,
-            locality_window=3,
-            k=4,
-            reconstruct_temperature=0.01,
+            expedit=dict(
+                grid=4,  # each 8x8 window -> 4x4 clusters
+                n_iters=5,
+                cluster_temperature=0.01,
+                locality_window=3,
+                k=4,
+                reconstruct_temperature=0.01,
+            ),
         ),
     ),
     backbone_channels=swin_channels(EMBED_DIM),

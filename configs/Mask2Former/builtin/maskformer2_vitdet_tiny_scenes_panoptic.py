@@ -7,8 +7,8 @@
 # model, train with it off (model.backbone.net.expedite.enabled=False) and evaluate with it on.
 from detectron2.config import LazyCall as L
 
-from expedite import ExpediteConfig
 from expedite_vit.modeling import ExpeditedViT
+from expedite_vit.settings import expedite_node
 from expedite_vit.modeling.vitdet_pyramid import Mask2FormerSimpleFeaturePyramid
 
 from ..common.models import feature_shapes
@@ -37,15 +37,18 @@ model.backbone = L(Mask2FormerSimpleFeaturePyramid)(
         pretrain_img_size=IMAGE_SIZE,
         pretrain_use_cls_token=False,
         out_feature="last_feat",
-        expedite=L(ExpediteConfig)(
+        expedite=expedite_node(
             enabled=True,
+            method="expedit",
             location=2,  # blocks 2..5 run on the clustered map
-            grid=4,  # each 8x8 window -> 4x4 clusters
-            n_iters=5,
-            cluster_temperature=0.01,
-            locality_window=3,
-            k=4,
-            reconstruct_temperature=0.01,
+            expedit=dict(
+                grid=4,  # each 8x8 window -> 4x4 clusters
+                n_iters=5,
+                cluster_temperature=0.01,
+                locality_window=3,
+                k=4,
+                reconstruct_temperature=0.01,
+            ),
         ),
     ),
     in_feature="last_feat",

@@ -7,13 +7,13 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BasicStem, ResNet
 
-from expedite import ExpediteConfig
 from expedite_vit.modeling.mask2former import (
     MaskFormer,
     build_mask2former_criterion,
     build_mask2former_head,
 )
 from expedite_vit.modeling.swin import D2SwinTransformer
+from expedite_vit.settings import expedite_node
 
 # The official checkpoints take RGB images normalised with ImageNet statistics.
 PIXEL_MEAN = [123.675, 116.280, 103.530]
@@ -33,7 +33,8 @@ def feature_shapes(channels):
 
 
 def swin_backbone(*, embed_dim, depths, num_heads, window_size, drop_path_rate, expedite):
-    """D2SwinTransformer with its ``expedite`` node (a dict of ExpediteConfig fields)."""
+    """D2SwinTransformer with its ``expedite`` node (a dict of ExpediteConfig fields, each
+    method's settings a dict of its own)."""
     return L(D2SwinTransformer)(
         embed_dim=embed_dim,
         depths=depths,
@@ -41,7 +42,7 @@ def swin_backbone(*, embed_dim, depths, num_heads, window_size, drop_path_rate, 
         window_size=window_size,
         drop_path_rate=drop_path_rate,
         out_features=list(LEVELS),
-        expedite=L(ExpediteConfig)(**expedite),
+        expedite=expedite_node(**expedite),
     )
 
 
@@ -62,19 +63,28 @@ def swin_channels(embed_dim, num_stages=4):
 SWIN_LARGE_EXPEDITE_PRESETS = {
     # 936.9 -> 682.7 (1.37x). Published: 663 GFLOPs, PQ 57.8 -> 56.8.
     "coco_panoptic": dict(
-        enabled=True, location=10, grid=8, n_iters=5, cluster_temperature=0.05, locality_window=7,
-        k=10, reconstruct_temperature=0.05, normalize="sum", implementation="default",
+        enabled=True, method="expedit", location=10,
+        expedit=dict(
+            grid=8, n_iters=5, cluster_temperature=0.05, locality_window=7, k=10,
+            reconstruct_temperature=0.05, normalize="sum", implementation="default",
+        ),
     ),
     # 936.9 -> 725.4 (1.29x). Published: 705 GFLOPs, mask AP 50.1 -> 49.1.
     "coco_instance": dict(
-        enabled=True, location=12, grid=8, n_iters=5, cluster_temperature=0.01, locality_window=11,
-        k=60, reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        enabled=True, method="expedit", location=12,
+        expedit=dict(
+            grid=8, n_iters=5, cluster_temperature=0.01, locality_window=11, k=60,
+            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        ),
     ),
     # Not yet measured at location 7 with these settings (location 7: 618.7 with the COCO
     # panoptic ones). Published: 620 GFLOPs, mIoU 55.8 -> 55.5.
     "ade20k_semantic": dict(
-        enabled=True, location=7, grid=8, n_iters=5, cluster_temperature=0.01, locality_window=5,
-        k=10, reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        enabled=True, method="expedit", location=7,
+        expedit=dict(
+            grid=8, n_iters=5, cluster_temperature=0.01, locality_window=5, k=10,
+            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+        ),
     ),
 }
 

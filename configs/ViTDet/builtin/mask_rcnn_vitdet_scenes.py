@@ -9,9 +9,9 @@ from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler
 
-from expedite import ExpediteConfig
 from expedite_vit.data import register_expedite_scenes
 from expedite_vit.modeling import ExpeditedViT
+from expedite_vit.settings import expedite_node
 
 register_expedite_scenes()
 
@@ -27,9 +27,9 @@ net.update(img_size=IMAGE_SIZE, patch_size=8, embed_dim=128, depth=6, num_heads=
            pretrain_img_size=IMAGE_SIZE, pretrain_use_cls_token=False)
 # Backbone FLOPs ratio at 256x256: see BENCHMARKS.md. The temperatures scale squared distances,
 # which are small for this narrow model: 0.1 kept 1.7 more bbox AP than 0.01 on the val split.
-net.expedite = L(ExpediteConfig)(
-    enabled=True, location=2, grid=4, n_iters=5, cluster_temperature=0.1,
-    locality_window=3, k=4, reconstruct_temperature=0.1,
+net.expedite = expedite_node(
+    enabled=True, method="expedit", location=2,
+    expedit=dict(grid=4, n_iters=5, cluster_temperature=0.1, locality_window=3, k=4, reconstruct_temperature=0.1),
 )
 # Patch 8 keeps small objects several tokens wide; the pyramid has strides 4, 8, 16 (p2..p4).
 LEVELS = ["p2", "p3", "p4"]

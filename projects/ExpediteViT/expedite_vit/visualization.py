@@ -16,17 +16,19 @@ from detectron2.data import Metadata
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 
-from expedite import WindowClusterState
+from expedite import ReducedMap, TokenSet, WindowClusterState
 
 __all__ = [
     "PREDICTION_KINDS",
     "PredictionKindError",
     "add_caption",
     "cluster_labels",
+    "describe_reduced_tokens",
     "draw_predictions",
     "draw_token_clusters",
     "side_by_side",
     "to_rgb",
+    "token_labels",
 ]
 
 
@@ -106,6 +108,29 @@ def cluster_labels(state: WindowClusterState, image_index: int = 0) -> np.ndarra
     labels = labels.reshape(-1, n_h * window, n_w * window)
     height, width = state.size
     return labels[image_index, :height, :width].cpu().numpy()
+
+
+def token_labels(state, image_index: int = 0) -> np.ndarray:
+    """(H, W) id of the reduced token each grid position belongs to, for the state a host hands
+    its restoring layer: Expedit's clusters (:func:`cluster_labels`) or a merged token set."""
+    if isinstance(state, ReducedMap):
+        return cluster_labels(state.clusters, image_index)
+    if not isinstance(state, TokenSet):
+        raise TypeError(f"no token layout to draw in a {type(state).__name__}")
+    padded_h, padded_w = state.padded_size
+    labels = state.source[image_index].reshape(padded_h, padded_w)
+    return labels[: state.height, : state.width].cpu().numpy()
+
+
+def describe_reduced_tokens(state, image_index: int = 0) -> str:
+    """A caption for :func:`token_labels`' drawing: what the tokens are and how many remain."""
+    if isinstance(state, ReducedMap):
+        clusters = state.clusters
+        grid = "x".join(map(str, clusters.grid))
+        return f"token clusters ({grid} per {clusters.window}x{clusters.window} window)"
+    kept = int(state.mergeable[image_index].sum())
+    total = state.height * state.width
+    return f"merged tokens ({kept} of {total}, {kept / total:.0%})"
 
 
 def draw_token_clusters(

@@ -113,7 +113,7 @@ def _flops_rows(flops: Mapping) -> List[List[str]]:
     fast = flops["expedited"]
     rows.append(
         [
-            "GFLOPs, clustering + reconstruction (share of backbone)",
+            "GFLOPs, token reduction's own (share of backbone)",
             "-",
             f"{fast['token_reduction']:.3f} ({fast['token_reduction_share']:.1%})",
             "",
@@ -137,7 +137,7 @@ def _latency_rows(latency: Mapping, reduction: Mapping) -> List[List[str]]:
         )
     rows.append(
         [
-            "time ms, clustering + reconstruction (share of backbone)",
+            "time ms, token reduction's own (share of backbone)",
             "-",
             f"{reduction['token_reduction_ms']:.2f} ({reduction['share']:.1%})",
             "",

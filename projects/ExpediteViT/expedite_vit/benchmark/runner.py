@@ -1,7 +1,7 @@
 """One benchmark run: the baseline and the expedited model of one config, on the same images.
 
-Measures FLOPs (fvcore), latency (median and p90, after warm-up), the time share of token
-clustering + reconstruction in the backbone, peak memory, and fidelity (agreement with the
+Measures FLOPs (fvcore), latency (median and p90, after warm-up), the time share of the
+token-reduction layers in the backbone, peak memory, and fidelity (agreement with the
 baseline's predictions; the task metric when the images are a labelled dataset), then checks the
 speed targets. Returns a JSON-ready dict; :mod:`.report` turns it into a table and markdown.
 """
@@ -55,9 +55,10 @@ logger = logging.getLogger(__name__)
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOKEN_REDUCTION_KINDS = tuple(TOKEN_REDUCTION_LAYERS)
 # Targets: the backbone's measured speed-up should realise most of its FLOPs reduction, and
-# the added clustering + reconstruction should cost little of the backbone's time.
+# the method's own operations (reducing + restoring) should cost little of the backbone's time:
+# Expedit's clustering + reconstruction 3%, the merging methods' 5% (their issue's target).
 LATENCY_FLOPS_FRACTION = 0.9
-MAX_TOKEN_REDUCTION_SHARE = 0.03
+MAX_TOKEN_REDUCTION_SHARE = {"expedit": 0.03, "ailurus": 0.05, "tome": 0.05}
 GIGA = 1e9
 # Images of a --dataset run when --num-images is not given (all of COCO val would take hours on CPU).
 DEFAULT_DATASET_IMAGES = 5
@@ -151,7 +152,7 @@ def load_inputs(cfg: DictConfig, model: nn.Module, settings: BenchmarkSettings) 
 
 
 def _backbone_flops(model: nn.Module, backbone_x: torch.Tensor) -> Dict[str, float]:
-    """FLOPs of the backbone (and pyramid), with token clustering and reconstruction apart."""
+    """FLOPs of the backbone (and pyramid), with the token-reduction layers' own apart."""
     flops = {}
     for name, module in backbone_modules(model).items():
         layers = {kind: list(token_reduction_modules(module, kind)) for kind in TOKEN_REDUCTION_KINDS}
@@ -238,7 +239,7 @@ def measure_latency(
 def measure_token_reduction_time(
     model: nn.Module, backbone_x: Sequence[torch.Tensor], settings: BenchmarkSettings, device: torch.device
 ) -> Dict:
-    """Time in token clustering and reconstruction, per backbone forward and as a share of it,
+    """Time in the token-reduction layers (reducing and restoring), per backbone forward and as a share of it,
     from a separate pass of ``settings.iters`` forwards timed by synchronising hooks."""
     backbone = backbone_modules(model)["backbone"]
     modules = {"backbone": backbone}
@@ -356,6 +357,8 @@ def check_targets(results: Mapping) -> Dict:
     speedup = results["latency_ms"]["speedup"]["backbone"]
     share = results["token_reduction_time"]["share"]
     required = LATENCY_FLOPS_FRACTION * flops_ratio
+    methods = {node.get("method", "expedit") for node in results["model"]["expedite"].values() if node.get("enabled", True)}
+    limit = max((MAX_TOKEN_REDUCTION_SHARE[m] for m in methods), default=min(MAX_TOKEN_REDUCTION_SHARE.values()))
     return {
         "latency_vs_flops": {
             "description": f"backbone latency speed-up >= {LATENCY_FLOPS_FRACTION} x backbone FLOPs ratio",
@@ -364,10 +367,10 @@ def check_targets(results: Mapping) -> Dict:
             "passed": speedup >= required,
         },
         "token_reduction_share": {
-            "description": f"clustering + reconstruction <= {MAX_TOKEN_REDUCTION_SHARE:.0%} of backbone time",
-            "limit": MAX_TOKEN_REDUCTION_SHARE,
+            "description": f"token reduction's own operations <= {limit:.0%} of backbone time",
+            "limit": limit,
             "measured": share,
-            "passed": share <= MAX_TOKEN_REDUCTION_SHARE,
+            "passed": share <= limit,
         },
     }
 

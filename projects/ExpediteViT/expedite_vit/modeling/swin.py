@@ -34,7 +34,8 @@ from detectron2.modeling import Backbone, ShapeSpec
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from expedite import ExpediteConfig, ExpediteHost, TokenClusteringLayer, TokenReconstructionLayer
+from expedite import ExpediteConfig, ExpediteHost, HostLayout, ReducedMap, TokenBlock, TokenReduction
+from expedite.positions import table_position_bias
 
 __all__ = [
     "D2SwinTransformer",
@@ -412,19 +413,32 @@ class SwinStage(nn.Module):
             x = self.blocks[i](x, window, shift if i % 2 else 0, mask, bias_resize)
         return x
 
+    def _token_block(self, index: int) -> TokenBlock:
+        """Where block ``index``'s parts and bias table are, for a token set."""
+        block = self.blocks[index]
+        attn = block.attn
+        return TokenBlock(
+            norm1=block.norm1, qkv=attn.qkv, proj=attn.proj, norm2=block.norm2, mlp=block.mlp,
+            num_heads=attn.num_heads, scale=attn.scale, window=self.window_size,
+            shift=self.window_size // 2 if index % 2 else 0,
+            position_bias=lambda q, dy, dx: table_position_bias(
+                dy, dx, table=attn.relative_position_bias_table, window=self.window_size
+            ),
+            region_logit=_MASKED_LOGIT,
+        )
+
     def forward(
         self,
         x: torch.Tensor,
         reduce_from: Optional[int] = None,
-        clustering: Optional[TokenClusteringLayer] = None,
-        reconstruction: Optional[TokenReconstructionLayer] = None,
+        reduction: Optional[TokenReduction] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
             x: (B, H, W, C).
-            reduce_from: index, within this stage, of the first block to run on the clustered
-                map; None runs every block at full resolution.
-            clustering, reconstruction: the host's layers, needed with ``reduce_from``.
+            reduce_from: index, within this stage, of the first block to run on reduced tokens;
+                None runs every block at full resolution.
+            reduction: the host's token reduction, needed with ``reduce_from``.
 
         Returns:
             out: (B, H, W, C), the stage's output before patch merging.
@@ -438,19 +452,23 @@ class SwinStage(nn.Module):
                 raise ValueError(
                     f"Swin stage: reduce_from={reduce_from} is not one of its {depth} blocks"
                 )
-            official = clustering.config.official
             x = self._run_blocks(x, 0, reduce_from, self.window_size)
-            reduced, state = clustering(x)
-            reduced = self._run_blocks(
-                reduced,
-                reduce_from,
-                depth,
-                state.grid[0],
-                # The official code keeps the checkpoint's shift for the mask (a known defect).
-                mask_shift=self.window_size // 2 if official else None,
-                bias_resize="bilinear" if official else "bicubic",
-            )
-            x = reconstruction(reduced, state)
+            state = reduction.reduce(x)
+            if isinstance(state, ReducedMap):
+                official = reduction.config.expedit.official
+                state.x = self._run_blocks(
+                    state.x,
+                    reduce_from,
+                    depth,
+                    state.clusters.grid[0],
+                    # The official code keeps the checkpoint's shift for the mask (a known defect).
+                    mask_shift=self.window_size // 2 if official else None,
+                    bias_resize="bilinear" if official else "bicubic",
+                )
+            else:
+                for index in range(reduce_from, depth):
+                    state = reduction.run_block(self._token_block(index), state)
+            x = reduction.restore(state)
         merged = self.downsample(x) if self.downsample is not None else None
         return x, merged
 
@@ -540,41 +558,35 @@ class D2SwinTransformer(ExpediteHost, Backbone):
         self._out_feature_strides = {n: patch_size * 2**i for i, n in enumerate(stage_names)}
 
     @staticmethod
-    def check_expedite_settings(
-        expedite: ExpediteConfig,
+    def host_layout(
         *,
         depths: Sequence[int] = _DEFAULT_DEPTHS,
         window_size: int = _DEFAULT_WINDOW_SIZE,
         **_other_swin_arguments,
-    ) -> Optional[Tuple[int, int]]:
-        """Check ``expedite`` against a Swin built with these arguments (the config loader calls
-        it with the config's arguments, before building) and return (stage, block within that
-        stage) before which clustering runs, or None when reduction is off.
-
-        Raises:
-            ValueError: (one line) when the settings do not fit this Swin.
-        """
-        if not expedite.enabled:
-            return None
+    ) -> HostLayout:
+        """The layout of a Swin built with these arguments, for the settings check (the config
+        loader calls it with the config's arguments, before building)."""
         depths = [int(d) for d in depths]
         starts = [sum(depths[:i]) for i in range(len(depths))]
         stage_ranges = ", ".join(f"{s}..{s + d - 1}" for s, d in zip(starts, depths))
-        expedite.check_host(
+        return HostLayout(
+            name="Swin",
             num_blocks=sum(depths),
             window=window_size,
-            host="Swin",
-            layout=f"depths {depths} hold blocks {stage_ranges} (counted over all stages)",
+            description=f"depths {depths} hold blocks {stage_ranges} (counted over all stages)",
         )
-        stage = max(i for i, start in enumerate(starts) if start <= expedite.location)
-        return stage, expedite.location - starts[stage]
 
     def reduction_point(self) -> Optional[Tuple[int, int]]:
-        """(stage, block within that stage) before which clustering runs with the current
+        """(stage, block within that stage) before which the tokens are reduced with the current
         settings, or None when reduction is off; raises a one-line ValueError when they do not
         fit this Swin."""
-        return self.check_expedite_settings(
-            self.expedite, depths=self.depths, window_size=self.window_size
-        )
+        settings = self.expedite
+        if not settings.enabled:
+            return None
+        settings.check_host(self.host_layout(depths=self.depths, window_size=self.window_size))
+        starts = [sum(self.depths[:i]) for i in range(len(self.depths))]
+        stage = max(i for i, start in enumerate(starts) if start <= settings.location)
+        return stage, settings.location - starts[stage]
 
     @property
     def size_divisibility(self) -> int:
@@ -604,7 +616,7 @@ class D2SwinTransformer(ExpediteHost, Backbone):
         x = self.patch_embed(x)
         for i, stage in enumerate(self.layers[: last_stage + 1]):
             if point is not None and point[0] == i:
-                out, x = stage(x, point[1], self.token_clustering, self.token_reconstruction)
+                out, x = stage(x, point[1], self.token_reduction)
             else:
                 out, x = stage(x)
             name = f"res{i + 2}"

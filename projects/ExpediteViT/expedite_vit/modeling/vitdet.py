@@ -1,38 +1,44 @@
-"""ViTDet's plain ViT backbone with Expedit token reduction.
+"""ViTDet's plain ViT backbone with token reduction.
 
 Subclasses detectron2's :class:`~detectron2.modeling.ViT`: the parameters are detectron2's own,
 so official checkpoints load unchanged, and with ``expedite.enabled=False`` the forward is
-detectron2's. With it on, the blocks from ``expedite.location`` on run on clustered tokens:
+detectron2's. With it on, the blocks from ``expedite.location`` on run on reduced tokens, by the
+method ``expedite.method`` names:
 
-- each 14x14 attention window is clustered to ``grid`` x ``grid`` centres (padding masked), and
-  the windows of centres form a smaller map;
-- later windowed blocks attend within ``grid`` x ``grid`` windows of that map, global blocks over
-  all of it; detectron2's ``get_rel_pos`` resizes the decomposed relative position tables from the
-  checkpoint's sizes to the new ones;
-- after the last block each window is rebuilt at full resolution and SimpleFeaturePyramid gets
-  the full map, as without reduction.
+- ``expedit``: each 14x14 attention window is clustered to ``grid`` x ``grid`` centres (padding
+  masked), and the windows of centres form a smaller map; later windowed blocks attend within
+  ``grid`` x ``grid`` windows of that map, global blocks over all of it; detectron2's
+  ``get_rel_pos`` resizes the decomposed relative position tables from the checkpoint's sizes to
+  the new ones; after the last block each window is rebuilt at full resolution;
+- ``ailurus`` and ``tome``: the blocks run on an irregular token set kept window by window
+  (:mod:`expedite.tokens`), the decomposed relative positions evaluated at the tokens' own
+  (fractional) offsets; after the last block every position gets its token's feature back.
 
-The settings are read at each forward, so reduction can be switched on, off or re-tuned on a
-built model. With ``expedite.implementation="official"`` the padding of partial windows is
-clustered too and the later blocks run on the uncropped reduced map (e.g. 35x35 for a 64x64 map
-with 14x14 windows clustered to 7x7), as the official SAM code does.
+SimpleFeaturePyramid gets the full map, as without reduction. The settings are read at each
+forward, so reduction can be switched on, off, to another method or re-tuned on a built model.
+With ``expedite.expedit.implementation="official"`` the padding of partial windows is clustered
+too and the later blocks run on the uncropped reduced map (e.g. 35x35 for a 64x64 map with 14x14
+windows clustered to 7x7), as the official SAM code does.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Dict, Optional
+from functools import partial
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from detectron2.modeling import ViT
 from detectron2.modeling.backbone.utils import get_abs_pos, window_partition, window_unpartition
 from detectron2.modeling.backbone.vit import Block
 
-from expedite import ExpediteConfig, ExpediteHost
+from expedite import ExpediteConfig, ExpediteHost, HostLayout, ReducedMap, TokenBlock
+from expedite.positions import decomposed_position_features
 
 __all__ = ["ExpeditedViT", "run_block"]
 
 _VIT_DEFAULTS = {
-    name: inspect.signature(ViT.__init__).parameters[name].default for name in ("depth", "window_size")
+    name: inspect.signature(ViT.__init__).parameters[name].default
+    for name in ("depth", "window_size", "residual_block_indexes")
 }
 
 
@@ -76,23 +82,42 @@ class ExpeditedViT(ExpediteHost, ViT):
         self.window_size = vit_kwargs.get("window_size", 0)
         # The layers exist with reduction off too: no parameters, so the state_dict is the same.
         self._init_expedite(expedite, self.window_size)
+        self.layout = HostLayout(
+            name="ViT", num_blocks=len(self.blocks), window=self.window_size,
+            conv_blocks=tuple(i for i, block in enumerate(self.blocks) if block.use_residual_block),
+        )
         self.check_expedite()
 
     @staticmethod
-    def check_expedite_settings(
-        expedite: ExpediteConfig,
+    def host_layout(
         *,
         depth: int = _VIT_DEFAULTS["depth"],
         window_size: int = _VIT_DEFAULTS["window_size"],
+        residual_block_indexes: Sequence[int] = _VIT_DEFAULTS["residual_block_indexes"],
         **_other_vit_arguments,
-    ) -> None:
-        """Raise a one-line ValueError if ``expedite`` cannot run on a ViT built with these
-        arguments (the config loader calls it with the config's arguments, before building)."""
-        expedite.check_host(num_blocks=depth, window=window_size, host="ViT")
+    ) -> HostLayout:
+        """The layout of a ViT built with these arguments, for the settings check (the config
+        loader calls it with the config's arguments, before building)."""
+        return HostLayout(
+            name="ViT", num_blocks=depth, window=window_size,
+            conv_blocks=tuple(int(i) for i in residual_block_indexes),
+        )
 
     def check_expedite(self) -> None:
         """Raise a one-line ValueError if the current settings cannot run on this ViT."""
-        self.check_expedite_settings(self.expedite, depth=len(self.blocks), window_size=self.window_size)
+        self.expedite.check_host(self.layout)
+
+    def _token_block(self, block: Block, map_size: Tuple[int, int]) -> TokenBlock:
+        """Where a detectron2 block's parts and relative position tables are."""
+        attn = block.attn
+        bias = None
+        if attn.use_rel_pos:
+            size = (block.window_size,) * 2 if block.window_size > 0 else map_size
+            bias = partial(decomposed_position_features, table_h=attn.rel_pos_h, table_w=attn.rel_pos_w, size=size)
+        return TokenBlock(
+            norm1=block.norm1, qkv=attn.qkv, proj=attn.proj, norm2=block.norm2, mlp=block.mlp,
+            num_heads=attn.num_heads, scale=attn.scale, window=block.window_size, position_features=bias,
+        )
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         height, width = x.shape[-2:]
@@ -105,17 +130,19 @@ class ExpeditedViT(ExpediteHost, ViT):
             return super().forward(x)
         self.check_expedite()
         location = self.expedite.location
-        reduced_window = self.expedite.grid[0]
 
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token, x.shape[1:3])
-        for index, block in enumerate(self.blocks):
-            if index == location:
-                x, clusters = self.token_clustering(x)
-            if index < location:
-                x = block(x)
+        for block in self.blocks[:location]:
+            x = block(x)
+        map_size = tuple(int(d) for d in x.shape[1:3])
+        state = self.token_reduction.reduce(x)
+        for block in self.blocks[location:]:
+            if isinstance(state, ReducedMap):
+                window = state.clusters.grid[0] if block.window_size > 0 else 0
+                state.x = run_block(block, state.x, window)
             else:
-                x = run_block(block, x, reduced_window if block.window_size > 0 else 0)
-        x = self.token_reconstruction(x, clusters)
+                state = self.token_reduction.run_block(self._token_block(block, map_size), state)
+        x = self.token_reduction.restore(state)
         return {self._out_features[0]: x.permute(0, 3, 1, 2)}

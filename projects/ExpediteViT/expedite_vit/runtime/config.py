@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detectron2.config import LazyConfig, instantiate
-from expedite import ExpediteConfig
+from expedite import METHODS, ExpediteConfig
 
 try:
     from hydra.errors import OverrideParseException
@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "check_device",
     "check_expedite_settings",
+    "check_method_overrides",
     "check_model_settings",
     "check_override_keys",
     "default_evaluator_output_dir",
@@ -103,7 +104,7 @@ def _check_key_exists(cfg: DictConfig, key: str) -> None:
             # keys() rather than `in`: `in` is False for mandatory "???" values.
             existing = [str(k) for k in node.keys()]
             is_last = depth == len(parts) - 1
-            accepted = existing + (_target_parameters(node) if is_last else [])
+            accepted = existing + [p for p in (_target_parameters(node) if is_last else []) if p not in existing]
             if part not in accepted:
                 raise _unknown_key_error(key, parent, part, accepted)
             if is_last:
@@ -151,7 +152,26 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None) -> 
                 f"(the shell does not expand '~' after '='; use $HOME)"
             ) from error
     check_expedite_settings(cfg)
+    check_method_overrides(cfg, overrides)
     return cfg
+
+
+def check_method_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Refuse an override of a method's settings when the node runs another method: it would be
+    ignored (``expedite.expedit.grid=8`` with ``expedite.method=tome``)."""
+    nodes = dict(expedite_nodes(cfg.get("model")))
+    for override in overrides:
+        key, value, _ = split_override(override)
+        for path, node in nodes.items():
+            method, _, field = key[len(path) + 1 :].partition(".") if key.startswith(path + ".") else ("", "", "")
+            chosen = node.get("method", "expedit")
+            if field and method in METHODS and method != chosen:
+                valid = ", ".join(f"{path}.{chosen}.{name}" for name in METHODS[chosen].setting_names())
+                raise ConfigError(
+                    f"{key}={value} sets a {method!r} setting, but {path}.method={chosen!r}: it would "
+                    f"be ignored; pick the method with {path}.method={method}, or set {chosen!r}'s "
+                    f"settings: {valid}"
+                )
 
 
 def expedite_nodes(node, path: str = "model") -> List[Tuple[str, DictConfig]]:
@@ -177,39 +197,43 @@ def _with_path(error: Exception, path: str) -> str:
     return path + message[len("expedite") :] if message.startswith("expedite.") else f"{path}: {message}"
 
 
+def _build_settings(node: DictConfig) -> ExpediteConfig:
+    return instantiate(node) if "_target_" in node else ExpediteConfig(**node)
+
+
 def check_expedite_settings(cfg: DictConfig) -> None:
     """Build every ``expedite`` node of ``cfg.model`` (an :class:`expedite.ExpediteConfig`, whose
     constructor checks the type and range of every field) and raise a one-line ``ConfigError``
     naming the key, the value and what is allowed, e.g. for ``...expedite.enabled=no``."""
     for path, node in expedite_nodes(cfg.get("model")):
         try:
-            instantiate(node) if "_target_" in node else ExpediteConfig(**node)
-        except (TypeError, ValueError) as error:
+            _build_settings(node)
+        except (TypeError, ValueError, AttributeError) as error:
             raise ConfigError(_with_path(error, path)) from None
 
 
 def check_model_settings(cfg: DictConfig) -> None:
     """Check every ``expedite`` node against the host it sits in (``expedite.location`` past the
-    last block, a grid larger than the window, ...) without building the model: the host class's
-    ``check_expedite_settings(expedite, **host_arguments)`` is called with the host node's
-    arguments. Raises a one-line ``ConfigError`` naming the key.
+    last block, a grid larger than the window, a budget above a window's tokens, ...) without
+    building the model: the host class's ``host_layout(**host_arguments)`` describes the host,
+    and :meth:`expedite.ExpediteConfig.check_host` checks the settings against it. Raises a
+    one-line ``ConfigError`` naming the key.
     """
     for path, node in expedite_nodes(cfg.get("model")):
         host_path = path.rpartition(".")[0]
         host = OmegaConf.select(cfg, host_path)
         target = host.get("_target_") if isinstance(host, DictConfig) else None
         host_class = locate(target) if isinstance(target, str) else target
-        check = getattr(host_class, "check_expedite_settings", None)
-        if check is None:
+        host_layout = getattr(host_class, "host_layout", None)
+        if host_layout is None:
             continue
         arguments = {
             str(key): OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
             for key, value in host.items()
             if key not in ("_target_", "expedite")
         }
-        settings = instantiate(node) if "_target_" in node else ExpediteConfig(**node)
         try:
-            check(settings, **arguments)
+            _build_settings(node).check_host(host_layout(**arguments))
         except ValueError as error:
             raise ConfigError(_with_path(error, path)) from None
 

@@ -14,7 +14,7 @@ from detectron2.config import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from expedite import TokenClusteringLayer, TokenReconstructionLayer
+from expedite import TokenReducer, TokenRestorer
 
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import ConfigError, expedite_nodes
@@ -101,11 +101,10 @@ def backbone_modules(model: nn.Module) -> Dict[str, nn.Module]:
     return {"backbone": pyramid}
 
 
-# The token-reduction layers, as tools name them in their reports.
-TOKEN_REDUCTION_LAYERS = {
-    "token_clustering": TokenClusteringLayer,
-    "token_reconstruction": TokenReconstructionLayer,
-}
+# The token-reduction layers by what they do, as tools name them in their reports: every
+# method's reducing modules (Expedit's clustering, AiluRus's and ToMe's merging) and restoring
+# modules (Expedit's reconstruction, unmerging).
+TOKEN_REDUCTION_LAYERS = {"reduce": TokenReducer, "restore": TokenRestorer}
 
 
 def token_reduction_modules(module: nn.Module, kind: str) -> Dict[str, nn.Module]:
@@ -118,16 +117,18 @@ def token_reduction_modules(module: nn.Module, kind: str) -> Dict[str, nn.Module
 
 
 class OutputRecorder:
-    """Keeps the latest output of each named module, by forward hooks."""
+    """Keeps the latest output, and first input, of each named module, by forward hooks."""
 
     def __init__(self, modules: Mapping[str, nn.Module]):
         self.modules = dict(modules)
         self.outputs: Dict[str, object] = {}
+        self.inputs: Dict[str, object] = {}
         self._handles = []
 
     def _hook(self, name: str):
         def hook(module, args, output):
             self.outputs[name] = output
+            self.inputs[name] = args[0] if args else None
 
         return hook
 

@@ -1,0 +1,193 @@
+"""Every token-reduction method on the same model and images, in one run (``--methods``).
+
+Each method runs at the settings the config holds for it (its preset: a model config's
+``expedite`` node keeps every method's settings), or, with ``match_flops``, at the value of its
+budget setting whose backbone FLOPs ratio is nearest the first method's: ToMe's ``r``, AiluRus's
+similarity ``threshold``, Expedit's ``grid``. When no value reaches it within 5% at the config's
+``location`` (ToMe merges at most half a window per block), earlier locations are tried too. FLOPs are counted by fvcore on the backbone of
+one model whose settings are changed in place (they are read at every forward), so the search
+builds nothing.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+
+import torch
+from omegaconf import DictConfig
+from tabulate import tabulate
+from torch import nn
+
+from expedite import METHODS, ExpediteHost
+
+from ..runtime.config import ConfigError
+from ..runtime.inputs import backbone_inputs
+from ..runtime.models import backbone_modules, build_model
+from .flops import count_flops
+from .runner import BenchmarkSettings, load_inputs
+
+__all__ = ["BUDGET_SETTINGS", "format_method_table", "match_backbone_flops", "method_points", "parse_methods"]
+
+logger = logging.getLogger(__name__)
+
+# The setting that sets each method's token budget, and how to search it: an int searched over
+# its range, or a float bisected (FLOPs fall as ToMe's r and fall as AiluRus's threshold drops).
+BUDGET_SETTINGS = {"expedit": "grid", "tome": "r", "ailurus": "threshold"}
+# Largest relative distance between a matched and the target FLOPs ratio that counts as matched.
+MATCH_TOLERANCE = 0.05
+_BISECTION_STEPS = 10
+
+
+def parse_methods(text: str) -> List[str]:
+    """``"expedit,tome"`` -> ["expedit", "tome"], refusing unknown or repeated names."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if not names or unknown or len(set(names)) != len(names):
+        problem = f"unknown {unknown}" if unknown else ("repeated names" if names else "no method")
+        raise ConfigError(f"--methods {text!r}: {problem}; give a comma-separated list of {', '.join(METHODS)}")
+    return names
+
+
+def _hosts(model: nn.Module) -> List[ExpediteHost]:
+    hosts = [m for m in model.modules() if isinstance(m, ExpediteHost)]
+    if not hosts:
+        raise ConfigError("the model has no token-reduction host (no 'expedite' setting in its backbone)")
+    return hosts
+
+
+def _set(hosts: Sequence[ExpediteHost], method: str, location: int, name: str = "", value=None) -> None:
+    for host in hosts:
+        host.expedite.enabled = True
+        host.expedite.method = method
+        host.expedite.location = location
+        if name:
+            setattr(getattr(host.expedite, method), name, value)
+
+
+def _int_candidates(method: str, hosts: Sequence[ExpediteHost]) -> range:
+    window = min(host.token_reduction.window for host in hosts)
+    return range(1, window + 1) if method == "expedit" else range(0, window * window // 2 + 1)
+
+
+def _nearest_int(ratio_of: Callable[[int], float], candidates: range, target: float) -> int:
+    """The candidate with the ratio nearest ``target``, by bisection: ratios fall with the
+    value for Expedit's grid and rise with it for ToMe's r."""
+    low, high = candidates[0], candidates[-1]
+    rising = ratio_of(high) >= ratio_of(low)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if (ratio_of(mid) < target) == rising:
+            low = mid
+        else:
+            high = mid
+    return min((low, high), key=lambda v: abs(ratio_of(v) - target))
+
+
+def _nearest_threshold(ratio_of: Callable[[float], float], target: float) -> float:
+    """AiluRus's ratio falls as the threshold rises (fewer tokens are similar enough to merge)."""
+    low, high = -1.0, 1.0
+    for _ in range(_BISECTION_STEPS):
+        mid = (low + high) / 2
+        if ratio_of(mid) > target:
+            low = mid
+        else:
+            high = mid
+    return round(min((low, high), key=lambda v: abs(ratio_of(v) - target)), 4)
+
+
+def match_backbone_flops(
+    cfg: DictConfig, settings: BenchmarkSettings, methods: Sequence[str]
+) -> Dict[str, Dict]:
+    """For every method after the first, the value of its budget setting whose backbone FLOPs
+    ratio (on the first image) is nearest the first method's at the config's settings.
+
+    Returns {method: {"point": {...}, "flops_ratio": r, "target": t, "matched": bool}}; the first
+    method's point is ``{"method": name}`` (its preset).
+    """
+    device = torch.device(settings.device)
+    model = build_model(cfg, device)
+    inputs, _ = load_inputs(cfg, model, settings)
+    with torch.no_grad():
+        x = backbone_inputs(model, inputs[:1], settings.image_size)[0]
+    backbone = backbone_modules(model)["backbone"]
+    hosts = _hosts(model)
+
+    def gflops() -> float:
+        return count_flops(backbone, x)["total"] / 1e9
+
+    for host in hosts:
+        host.expedite.enabled = False
+    baseline = gflops()
+    cache: Dict[Tuple, float] = {}
+    location = hosts[0].expedite.location
+
+    def ratio(method: str, at: int, name: str = "", value=None) -> float:
+        key = (method, at, name, value)
+        if key not in cache:
+            _set(hosts, method, at, name, value)
+            cache[key] = baseline / gflops()
+            logger.info(f"  {method} location={at} {name}={value}: backbone FLOPs ratio {cache[key]:.3f}")
+        return cache[key]
+
+    def within(reached: float, target: float) -> bool:
+        return abs(reached / target - 1) <= MATCH_TOLERANCE
+
+    reference = methods[0]
+    target = ratio(reference, location)
+    matched = {reference: {"point": {"method": reference}, "flops_ratio": target, "target": target, "matched": True}}
+    for method in methods[1:]:
+        name = BUDGET_SETTINGS[method]
+        logger.info(f"Matching {method}'s {name} (and location if need be) to backbone FLOPs ratio {target:.3f} ({reference}) ...")
+        best = None
+        for at in range(location, -1, -1):
+            if method == "ailurus":
+                value = _nearest_threshold(lambda v: ratio(method, at, name, v), target)
+            else:
+                value = _nearest_int(lambda v: ratio(method, at, name, v), _int_candidates(method, hosts), target)
+            reached = ratio(method, at, name, value)
+            if best is None or abs(reached - target) < abs(best[2] - target):
+                best = (at, value, reached)
+            if within(reached, target):
+                break
+        at, value, reached = best
+        point = {"method": method, f"{method}.{name}": value}
+        if at != location:
+            point["location"] = at
+        matched[method] = {"point": point, "flops_ratio": reached, "target": target, "matched": within(reached, target)}
+        if not matched[method]["matched"]:
+            logger.warning(
+                f"{method}: the nearest backbone FLOPs ratio is {reached:.3f} ({name}={value}), not within "
+                f"{MATCH_TOLERANCE:.0%} of {target:.3f}; it is compared there"
+            )
+    return matched
+
+
+def method_points(methods: Sequence[str]) -> List[Dict]:
+    """Each method at the settings the config holds for it."""
+    return [{"method": method} for method in methods]
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_method_table(results: Sequence[Mapping]) -> str:
+    """One row per method: its settings, FLOPs and latency ratios, agreement and task metric."""
+    rows = []
+    for result in results:
+        summary = result["summary"]
+        node = next(iter(result["expedite"].values()))
+        method = summary["method"]
+        budget = BUDGET_SETTINGS[method]
+        settings = f"location={node.get('location')} {budget}={node.get(f'{method}.{budget}')}"
+        metric = summary["metric"]
+        delta = None if metric is None or summary["baseline_metric"] is None else metric - summary["baseline_metric"]
+        rows.append([
+            method, settings, _fmt(summary["flops_ratio"], ".2f") + "x", _fmt(summary["latency_speedup"], ".2f") + "x",
+            _fmt(summary["e2e_latency_speedup"], ".2f") + "x", _fmt(summary["agreement"], ".3f"),
+            f"{_fmt(metric, '.2f')} ({_fmt(delta, '+.2f')})" if metric is not None else "-",
+        ])
+    metric_name = next((r["summary"]["metric_name"] for r in results if r["summary"]["metric_name"]), "metric")
+    headers = ["method", "settings", "backbone FLOPs", "backbone latency", "end-to-end latency",
+               "agreement", f"{metric_name} (vs baseline)"]
+    return tabulate(rows, headers=headers, tablefmt="pipe")
