@@ -279,6 +279,9 @@ class _Packing:
         rank = torch.arange(included, device=key.device) - starts[sorted_key]
         self.slot = sorted_key * self.length + rank
         self.shape = (batch * num_windows, self.length)
+        self.filled = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool, device=key.device)
+        self.filled[self.slot] = True
+        self.filled = self.filled.reshape(self.shape)
         self.batch_count = (batch, count)
 
     def pack(self, values: torch.Tensor, fill=0) -> torch.Tensor:
@@ -304,27 +307,41 @@ def _shifted_coordinates(pos: torch.Tensor, padded: Tuple[int, int], window: int
     return rolled, cell, region
 
 
+def _on_rows(module: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``module`` on the rows of ``x`` (..., C) where ``rows`` (...) is True, zeros elsewhere:
+    empty slots and padding cost nothing in the linear layers."""
+    flat = x.reshape(-1, x.shape[-1])
+    index = rows.reshape(-1).nonzero().squeeze(1)
+    picked = module(flat.index_select(0, index))
+    out = picked.new_zeros(flat.shape[0], picked.shape[-1])
+    return out.index_copy(0, index, picked).reshape(*x.shape[:-1], picked.shape[-1])
+
+
 def _attention(block: TokenBlock, y: torch.Tensor, pos: torch.Tensor, key_bias: torch.Tensor,
-               pair_bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+               pair_bias: Optional[torch.Tensor], rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Multi-head attention of ``y`` (N, L, C) at positions ``pos`` (N, L, 2) (within the
     attention's window, or the map for global attention) with additive
-    per-key ``key_bias`` (N, L) and optional per-pair ``pair_bias`` (N, L, L). Returns the
-    output (N, L, C) and the keys averaged over heads (N, L, C / heads)."""
+    per-key ``key_bias`` (N, L) and optional per-pair ``pair_bias`` (N, L, L); only the ``rows``
+    (N, L) that hold tokens are projected. Returns the output (N, L, C) and the keys averaged
+    over heads (N, L, C / heads)."""
     num, length, channels = y.shape
-    qkv = block.qkv(y).reshape(num, length, 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+    qkv = _on_rows(block.qkv, y, rows).reshape(num, length, 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (N, heads, L, head_dim)
-    logits = (q * block.scale) @ k.transpose(-2, -1)
+    scaled, keys = q * block.scale, k
     if block.position_features is not None:
+        # One matmul for both terms: [q * scale, q_extra] . [k, k_extra], no L x L temporary.
         q_extra, k_extra = block.position_features(q, pos)
-        logits = logits + (q_extra @ k_extra[:, None].transpose(-2, -1)).to(logits.dtype)
+        scaled = torch.cat([scaled, q_extra.to(q.dtype)], -1)
+        keys = torch.cat([k, k_extra[:, None].expand(-1, block.num_heads, -1, -1).to(k.dtype)], -1)
+    logits = scaled @ keys.transpose(-2, -1)
     if block.position_bias is not None:
         offsets = pos[:, :, None, :] - pos[:, None, :, :]
-        logits = logits + block.position_bias(q, offsets[..., 0], offsets[..., 1])
-    logits = logits + key_bias[:, None, None, :].to(logits.dtype)
+        logits += block.position_bias(q, offsets[..., 0], offsets[..., 1]).to(logits.dtype)
+    logits += key_bias[:, None, None, :].to(logits.dtype)
     if pair_bias is not None:
-        logits = logits + pair_bias[:, None].to(logits.dtype)
+        logits += pair_bias[:, None].to(logits.dtype)
     out = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(num, length, channels)
-    return block.proj(out), k.mean(dim=1)
+    return _on_rows(block.proj, out, rows), k.mean(dim=1)
 
 
 def run_token_block(
@@ -363,17 +380,26 @@ def run_token_block(
         pair_bias = torch.where(label[:, :, None] == label[:, None, :], 0.0, block.region_logit)
         local = rolled - cell * block.window
         out, keys = _attention(block, packing.pack(flat(y)), packing.pack(flat(local)),
-                               packing.pack(flat(key_bias), masked), pair_bias)
+                               packing.pack(flat(key_bias), masked), pair_bias, packing.filled)
         out, keys = packing.unpack(out), packing.unpack(keys)
-    else:
-        # Windowed: one attention per stored window; global: over every token of the image.
-        groups = batch * num_groups if block.window > 0 else batch
-        pos = torch.remainder(tokens.pos, block.window) if block.window > 0 else tokens.pos
+    elif block.window > 0:
+        # Windowed: one attention per stored window.
+        groups = batch * num_groups
+        pos = torch.remainder(tokens.pos, block.window)
         out, keys = _attention(block, y.reshape(groups, -1, channels), pos.reshape(groups, -1, 2),
-                               key_bias.reshape(groups, -1), None)
+                               key_bias.reshape(groups, -1), None, tokens.occupied.reshape(groups, -1))
+    else:
+        # Global: over the real tokens of each image, packed together (no padding, no empty slots).
+        flat = lambda t: t.reshape(batch, num_groups * slots, *t.shape[3:])  # noqa: E731
+        include = tokens.mergeable.reshape(batch, -1)
+        packing = _Packing(torch.zeros_like(include, dtype=torch.long), include, 1)
+        out, keys = _attention(block, packing.pack(flat(y)), packing.pack(flat(tokens.pos)),
+                               packing.pack(flat(key_bias), masked), None, packing.filled)
+        out, keys = packing.unpack(out), packing.unpack(keys)
     x = tokens.x + out.reshape(tokens.x.shape)
     tokens = tokens.replace(x=x)
     if merge is not None:
         tokens = merge(tokens, keys.reshape(batch, num_groups, slots, -1))
     x = tokens.x
-    return tokens.replace(x=x + block.mlp(block.norm2(x)))
+    # The host's MLP runs on real tokens only (its windowed blocks crop the padding first).
+    return tokens.replace(x=x + _on_rows(lambda t: block.mlp(block.norm2(t)), x, tokens.mergeable))

@@ -27,6 +27,14 @@ from expedite_vit.sweep import (
     sweep_points,
 )
 from expedite_vit.sweep.cache import PointCache
+from expedite_vit.sweep.report import (
+    autotune_gap,
+    average_ranks,
+    format_labelled_summary,
+    labelled_summary,
+    rank_correlation,
+    spearman,
+)
 from test_train_net import REPO_ROOT, TINY_COCO_ENV, TINY_CONFIG, _write_coco_split
 
 TEST_DATASET = "tiny_vitdet_coco_val"
@@ -347,3 +355,99 @@ def test_an_interrupted_run_says_how_to_resume(sweep_run, monkeypatch, tmp_path,
     assert exit_info.value.code == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert len(list((copy / "cache").glob("*.json"))) == 2  # the points of the first run are kept
+
+
+# ---- rank correlation and auto-tune gap ----------------------------------------------------------
+
+def labelled_record(flops, agreement, metric, **point):
+    return {"point": point, "overrides": [], "preset": False,
+            "summary": {"flops_ratio": flops, "latency_speedup": None, "agreement": agreement,
+                        "metric_name": "bbox AP", "metric": metric, "baseline_metric": 31.0}}
+
+
+LABELLED = [
+    labelled_record(1.2, 0.99, 30.0, location=8),  # below 1.5x
+    labelled_record(1.5, 0.90, 29.5, location=6),  # the best AP at or above 1.5x
+    labelled_record(1.8, 0.93, 28.0, location=4),  # the best agreement at or above 1.5x: auto-tuned
+    labelled_record(2.4, 0.80, 28.8, location=2),
+    labelled_record(2.6, None, None, location=1),  # nothing compared, no metric: left out
+]
+
+
+def test_average_ranks_share_ties():
+    assert average_ranks([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]
+    assert average_ranks([3, 1, 3, 3]) == [3, 1, 3, 3]
+    assert average_ranks([]) == []
+
+
+def test_spearman_against_hand_computed_values():
+    # No ties: 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60.
+    assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    # Ties in x, ranks 1, 2.5, 2.5, 4: Pearson on ranks = 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10).
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1], [2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+    with pytest.raises(ValueError, match="paired"):
+        spearman([1, 2], [1])
+
+
+def test_spearman_matches_scipy_on_random_values_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(1)
+    for _ in range(50):
+        n = rng.randint(3, 20)
+        xs, ys = [rng.randint(0, 5) for _ in range(n)], [rng.randint(0, 5) for _ in range(n)]
+        expected = stats.spearmanr(xs, ys).statistic
+        if math.isnan(expected):
+            assert spearman(xs, ys) is None
+        else:
+            assert spearman(xs, ys) == pytest.approx(expected)
+
+
+def test_rank_correlation_of_agreement_and_metric():
+    # All labelled points: agreement ranks 4 2 3 1, AP ranks 4 3 1 2: 1 - 6 * 6 / 60.
+    assert rank_correlation(LABELLED) == {"spearman": pytest.approx(0.4), "points": 4}
+    # At or above 1.5x: ranks 2 3 1 against 3 1 2: 1 - 6 * 6 / 24.
+    assert rank_correlation(LABELLED, "flops", 1.5) == {"spearman": pytest.approx(-0.5), "points": 3}
+
+
+@pytest.mark.parametrize(
+    "target, chosen, best, gap",
+    [(1.5, 4, 6, 28.0 - 29.5), (2.0, 2, 2, 0.0), (1.1, 8, 8, 0.0)],
+)
+def test_autotune_gap_against_the_best_labelled_point_as_fast(target, chosen, best, gap):
+    result = autotune_gap(LABELLED, target, "flops")
+    assert result["chosen"]["point"] == {"location": chosen} and result["best"]["point"] == {"location": best}
+    assert result["gap"] == pytest.approx(gap)
+    assert result["chosen_metric"] - result["best_metric"] == pytest.approx(gap)
+
+
+def test_autotune_gap_is_none_when_no_point_reaches_the_target():
+    assert autotune_gap(LABELLED, 3.0, "flops") is None
+
+
+def test_labelled_summary_and_its_lines():
+    summary = labelled_summary(LABELLED, "flops", 1.5, gap_targets=(2.0, 3.0))
+    assert summary["metric_name"] == "bbox AP" and summary["baseline_metric"] == 31.0
+    assert summary["rank_correlation"]["spearman"] == pytest.approx(0.4)
+    assert summary["rank_correlation_at_target"]["spearman"] == pytest.approx(-0.5)
+    assert summary["autotune_gap"]["gap"] == pytest.approx(-1.5)
+    assert [g["target"] for g in summary["autotune_gaps"]] == [1.5, 2.0]  # 3x is reached by no point
+    text = format_labelled_summary(summary)
+    assert "Spearman) of agreement with bbox AP: +0.400 over 4 points; -0.500 over the 3 points at or above 1.5x" in text
+    assert ">= 1.5x: -1.50 (chosen location=4: 28.00; best location=6: 29.50; 3 points)" in text
+    unlabelled = [{**r, "summary": {**r["summary"], "metric": None}} for r in LABELLED]
+    assert labelled_summary(unlabelled, "flops", 1.5) is None
+
+
+def test_labelled_sweep_writes_its_summary(sweep_run):
+    _, output = sweep_run
+    records = json.loads((output / "points.json").read_text())["points"]
+    summary = json.loads((output / "summary.json").read_text())
+    # The fixture's target, or the unreachable one of a rerun above: the summary is written for both.
+    target = summary["target_speedup"]
+    assert summary == json.loads(json.dumps(labelled_summary(records, "flops", target)))
+    assert summary["metric_name"] == "bbox AP" and summary["rank_correlation"]["points"] == len(records)
+    gap = autotune_gap(records, 1.1, "flops")
+    assert gap["chosen"]["point"] == choose_point(records, 1.1, "flops")["point"]
+    assert gap["gap"] <= 0 and gap["gap"] == pytest.approx(gap["chosen_metric"] - gap["best_metric"])

@@ -13,6 +13,9 @@ backbone: panoptic, instance and semantic segmentation):
    detectron2's evaluators, and prints both metric tables side by side.
 4. Runs the benchmark (FLOPs, backbone and end-to-end latency, agreement) on the validation
    images, and draws baseline vs expedited predictions with the token clusters.
+5. Sweeps a few token-reduction settings around the preset (``tools/sweep.py``, a handful of
+   points on a few validation images, ~30 s per model) and prints the path of the Pareto plot
+   (speed-up against the task metric). ``tools/sweep.py`` sweeps the full grid; see BENCHMARKS.md.
 
 Each run writes into a new folder, output/main_job/<date>-<time>/, so no earlier result is
 replaced. The same steps work for COCO with an official checkpoint: see the README.
@@ -38,6 +41,7 @@ class BuiltinModel:
     benchmark_dataset: str  # validation images, as a dataset with the ground truth of all tasks
     metrics: Tuple[Tuple[str, str], ...]  # (task, metric) rows of the printed table
     train_minutes: int  # to train it on 2 CPU cores, with --train
+    sweep_grid: str  # the main job's small sweep (tools/sweep.py --grid); the preset is added
     # Overrides of each further training round, started from the previous round's weights.
     further_rounds: Tuple[Tuple[str, ...], ...] = ()
 
@@ -58,6 +62,7 @@ BUILTIN_MODELS = {
         benchmark_dataset="expedite_scenes_val",
         metrics=tuple((task, m) for task in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
         train_minutes=35,
+        sweep_grid="location=1,3 expedit.grid=4,6",  # the preset: location 2, grid 4
     ),
     "mask2former": BuiltinModel(
         name="mask2former_swin_tiny_scenes",
@@ -70,6 +75,7 @@ BUILTIN_MODELS = {
             *(("sem_seg", m) for m in ("mIoU", "pACC")),
         ),
         train_minutes=80,
+        sweep_grid="location=4,8 expedit.grid=4,6",  # the preset: location 6, grid 4
         # PQ 23.9 -> 26.1 -> 28.4 on expedite_scenes_val
         further_rounds=(("train.max_iter=1200",), ("train.max_iter=1200",)),
     ),
@@ -133,7 +139,26 @@ def metric_table(model: BuiltinModel, baseline: dict, expedited: dict) -> str:
     return "\n".join(rows)
 
 
-def run_model(model: BuiltinModel, output: Path, benchmark_images: int, dataset_root: Path, train: bool) -> None:
+def run_sweep(model: BuiltinModel, checkpoint: Path, output: Path, sweep_images: int) -> Path:
+    """A small sweep around the preset on the first ``sweep_images`` validation images; returns
+    the path of its Pareto plot."""
+    from expedite_vit.sweep.report import format_labelled_summary
+
+    sweep_dir = output / "sweep"
+    run([sys.executable, "tools/sweep.py", "--config-file", model.config, "--dataset", model.benchmark_dataset,
+         "--num-images", str(sweep_images), "--warmup", "1", "--iters", "2", "--grid", model.sweep_grid,
+         "--output", sweep_dir, f"train.init_checkpoint={checkpoint}"], output / "sweep.log")
+    plot = sweep_dir / "sweep.png"
+    summary = sweep_dir / "summary.json"
+    print(f"\nOperating points ({model.sweep_grid} and the preset, {sweep_images} images; tools/sweep.py):")
+    if summary.is_file():
+        print(format_labelled_summary(json.loads(summary.read_text())).splitlines()[0])  # rank correlation
+    print(f"Pareto plot: {plot}", flush=True)
+    return plot
+
+
+def run_model(model: BuiltinModel, output: Path, benchmark_images: int, dataset_root: Path, train: bool,
+              sweep_images: int = 4) -> None:
     from expedite_vit.benchmark.report import format_table
 
     print(f"\n===== {model.name} ({model.config.relative_to(REPO)}) =====", flush=True)
@@ -163,6 +188,9 @@ def run_model(model: BuiltinModel, output: Path, benchmark_images: int, dataset_
          "--output", vis, "--input", *images, f"train.init_checkpoint={checkpoint}"], output / "demo.log")
     print(f"\nVisualisations (baseline | expedited | token clusters): {vis}")
 
+    if sweep_images:
+        run_sweep(model, checkpoint, output, sweep_images)
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,11 +198,15 @@ def main():
     parser.add_argument("--models", nargs="+", choices=sorted(BUILTIN_MODELS), default=list(BUILTIN_MODELS),
                         help="built-in models to run (default: all)")
     parser.add_argument("--benchmark-images", type=int, default=20)
+    parser.add_argument("--sweep-images", type=int, default=4,
+                        help="images of the small operating-point sweep that draws the Pareto plot (0: no sweep)")
     parser.add_argument("--train", action="store_true",
                         help="retrain the models from scratch into the cache and evaluate those (not the shipped ones)")
     args = parser.parse_args()
     if args.benchmark_images < 1:
         parser.error(f"--benchmark-images must be at least 1, got {args.benchmark_images}")
+    if args.sweep_images < 0:
+        parser.error(f"--sweep-images must be 0 (no sweep) or more, got {args.sweep_images}")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = Path(args.output or REPO / "output" / "main_job" / stamp).resolve()
     if output.exists() and any(output.iterdir()):
@@ -186,7 +218,7 @@ def main():
     print(f"Built-in dataset: {dataset_root}", flush=True)
     for key in args.models:
         model = BUILTIN_MODELS[key]
-        run_model(model, output / model.name, args.benchmark_images, dataset_root, args.train)
+        run_model(model, output / model.name, args.benchmark_images, dataset_root, args.train, args.sweep_images)
     print(f"\nLogs, metrics and benchmark JSON: {output}")
 
 

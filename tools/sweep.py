@@ -8,7 +8,10 @@ Every point is measured as tools/benchmark.py measures one expedited model, and 
 it is done: an interrupted sweep resumes when the same command runs again. --output receives
 points.json and points.csv (all points), pareto.json (the Pareto fronts), sweep.png (the plot),
 and with --target-speedup tuned_config.py: among the points at least that fast, the one that
-agrees best with the baseline (no labels needed), as a LazyConfig importing the given one.
+agrees best with the baseline (no labels needed), as a LazyConfig importing the given one. On a
+labelled --dataset, summary.json checks the auto-tuner against the labels: the rank correlation
+(Spearman) of agreement with the task metric over the points, and the auto-tune gap, the metric
+of the point it picks minus the best metric among the points at least as fast as the target.
 
 Usage:
     python tools/sweep.py --config-file configs/ViTDet/builtin/mask_rcnn_vitdet_scenes.py \\
@@ -54,9 +57,17 @@ from expedite_vit.sweep import (
     write_tuned_config,
 )
 from expedite_vit.sweep.grid import format_point
-from expedite_vit.sweep.report import pareto_fronts, write_pareto_json, write_points_csv, write_points_json
+from expedite_vit.sweep.report import (
+    format_labelled_summary,
+    labelled_summary,
+    pareto_fronts,
+    write_pareto_json,
+    write_points_csv,
+    write_points_json,
+    write_summary_json,
+)
 
-OUTPUT_FILES = ("points.json", "points.csv", "pareto.json", "sweep.png", "tuned_config.py")
+OUTPUT_FILES = ("points.json", "points.csv", "pareto.json", "summary.json", "sweep.png", "tuned_config.py")
 
 
 def comma_list(text: str):
@@ -166,6 +177,19 @@ def write_outputs(args, settings, sweep, records, chosen=None) -> None:
     )
 
 
+def write_summary(args, records) -> None:
+    """On labelled images, write summary.json and print its figures; else remove the summary of
+    an earlier run."""
+    path = os.path.join(args.output, "summary.json")
+    summary = labelled_summary(records, args.speedup_measure, args.target_speedup)
+    if summary is None:
+        Path(path).unlink(missing_ok=True)
+        return
+    write_summary_json(path, summary)
+    print("\n" + format_labelled_summary(summary))
+    print(f"Summary: {path}")
+
+
 def write_tuned(args, cfg, chosen) -> None:
     """Write the chosen point as a LazyConfig and print its overrides; without one, remove the
     tuned config of an earlier run, which would not match this run's files."""
@@ -221,6 +245,7 @@ def main(argv=None) -> int:
                 except TargetNotReachedError as error:
                     target_error = error  # the sweep's files are written all the same
             write_outputs(args, settings, sweep, records, chosen)
+            write_summary(args, records)
             write_tuned(args, cfg, chosen)
     except KeyboardInterrupt:
         parser.exit(130, f"\n{parser.prog}: interrupted; the finished points are kept in {cache.folder}: run "
@@ -228,6 +253,7 @@ def main(argv=None) -> int:
     except (*USER_ERRORS, OSError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     logger.info(f"Points, Pareto fronts and plot written to {args.output}")
+    print(f"Pareto plot: {os.path.join(args.output, 'sweep.png')}")
     if target_error is not None:
         parser.exit(1, f"{parser.prog}: error: {target_error}\n")
     return 0

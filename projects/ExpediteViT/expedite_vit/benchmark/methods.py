@@ -3,8 +3,10 @@
 Each method runs at the settings the config holds for it (its preset: a model config's
 ``expedite`` node keeps every method's settings), or, with ``match_flops``, at the value of its
 budget setting whose backbone FLOPs ratio is nearest the first method's: ToMe's ``r``, AiluRus's
-similarity ``threshold``, Expedit's ``grid``. When no value reaches it within 5% at the config's
-``location`` (ToMe merges at most half a window per block), earlier locations are tried too. FLOPs are counted by fvcore on the backbone of
+similarity ``threshold`` (at each of a few anchor budgets: fewer anchors leave more tokens
+unmerged, more anchors keep more tokens, so FLOPs are not monotonic in the budget), Expedit's
+``grid``. When no value reaches it within 5% at the config's ``location`` (ToMe merges at most
+half a window per block), earlier locations are tried too. FLOPs are counted by fvcore on the backbone of
 one model whose settings are changed in place (they are read at every forward), so the search
 builds nothing.
 """
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 # The setting that sets each method's token budget, and how to search it: an int searched over
 # its range, or a float bisected (FLOPs fall as ToMe's r and fall as AiluRus's threshold drops).
 BUDGET_SETTINGS = {"expedit": "grid", "tome": "r", "ailurus": "threshold"}
+# AiluRus's anchor budgets tried when matching (those that fit a window), besides the config's.
+AILURUS_BUDGETS = (2, 4, 8, 16, 32, 64)
 # Largest relative distance between a matched and the target FLOPs ratio that counts as matched.
 MATCH_TOLERANCE = 0.05
 _BISECTION_STEPS = 10
@@ -55,18 +59,29 @@ def _hosts(model: nn.Module) -> List[ExpediteHost]:
     return hosts
 
 
-def _set(hosts: Sequence[ExpediteHost], method: str, location: int, name: str = "", value=None) -> None:
+def _set(hosts: Sequence[ExpediteHost], method: str, location: int, settings: Mapping = ()) -> None:
     for host in hosts:
         host.expedite.enabled = True
         host.expedite.method = method
         host.expedite.location = location
-        if name:
+        for name, value in dict(settings).items():
             setattr(getattr(host.expedite, method), name, value)
 
 
 def _int_candidates(method: str, hosts: Sequence[ExpediteHost]) -> range:
     window = min(host.token_reduction.window for host in hosts)
     return range(1, window + 1) if method == "expedit" else range(0, window * window // 2 + 1)
+
+
+def _fixed_settings(method: str, hosts: Sequence[ExpediteHost]) -> List[Dict]:
+    """Settings held fixed while the budget setting is searched: for AiluRus each anchor budget
+    that fits a window, the config's first."""
+    if method != "ailurus":
+        return [{}]
+    tokens = min(host.token_reduction.window for host in hosts) ** 2
+    own = hosts[0].expedite.ailurus.budget
+    budgets = [own] + [b for b in AILURUS_BUDGETS if b != own and (tokens <= 0 or b <= tokens)]
+    return [{"budget": b} for b in budgets]
 
 
 def _nearest_int(ratio_of: Callable[[int], float], candidates: range, target: float) -> int:
@@ -121,12 +136,13 @@ def match_backbone_flops(
     cache: Dict[Tuple, float] = {}
     location = hosts[0].expedite.location
 
-    def ratio(method: str, at: int, name: str = "", value=None) -> float:
-        key = (method, at, name, value)
+    def ratio(method: str, at: int, **settings) -> float:
+        key = (method, at, tuple(sorted(settings.items())))
         if key not in cache:
-            _set(hosts, method, at, name, value)
+            _set(hosts, method, at, settings)
             cache[key] = baseline / gflops()
-            logger.info(f"  {method} location={at} {name}={value}: backbone FLOPs ratio {cache[key]:.3f}")
+            described = " ".join(f"{k}={v}" for k, v in settings.items())
+            logger.info(f"  {method} location={at} {described}: backbone FLOPs ratio {cache[key]:.3f}")
         return cache[key]
 
     def within(reached: float, target: float) -> bool:
@@ -140,17 +156,22 @@ def match_backbone_flops(
         logger.info(f"Matching {method}'s {name} (and location if need be) to backbone FLOPs ratio {target:.3f} ({reference}) ...")
         best = None
         for at in range(location, -1, -1):
-            if method == "ailurus":
-                value = _nearest_threshold(lambda v: ratio(method, at, name, v), target)
-            else:
-                value = _nearest_int(lambda v: ratio(method, at, name, v), _int_candidates(method, hosts), target)
-            reached = ratio(method, at, name, value)
-            if best is None or abs(reached - target) < abs(best[2] - target):
-                best = (at, value, reached)
-            if within(reached, target):
+            for fixed in _fixed_settings(method, hosts):
+                if method == "ailurus":
+                    value = _nearest_threshold(lambda v: ratio(method, at, **fixed, threshold=v), target)
+                else:
+                    value = _nearest_int(lambda v: ratio(method, at, **fixed, **{name: v}),
+                                         _int_candidates(method, hosts), target)
+                found = {**fixed, name: value}
+                reached = ratio(method, at, **found)
+                if best is None or abs(reached - target) < abs(best[2] - target):
+                    best = (at, found, reached)
+                if within(reached, target):
+                    break
+            if within(best[2], target):
                 break
-        at, value, reached = best
-        point = {"method": method, f"{method}.{name}": value}
+        at, found, reached = best
+        point = {"method": method, **{f"{method}.{k}": v for k, v in found.items()}}
         if at != location:
             point["location"] = at
         matched[method] = {"point": point, "flops_ratio": reached, "target": target, "matched": within(reached, target)}
@@ -178,8 +199,9 @@ def format_method_table(results: Sequence[Mapping]) -> str:
         summary = result["summary"]
         node = next(iter(result["expedite"].values()))
         method = summary["method"]
-        budget = BUDGET_SETTINGS[method]
-        settings = f"location={node.get('location')} {budget}={node.get(f'{method}.{budget}')}"
+        chosen = {k: v for k, v in result["point"].items() if k.startswith(f"{method}.")}
+        chosen = chosen or {f"{method}.{BUDGET_SETTINGS[method]}": node.get(f"{method}.{BUDGET_SETTINGS[method]}")}
+        settings = " ".join([f"location={node.get('location')}"] + [f"{k.split('.', 1)[1]}={v}" for k, v in chosen.items()])
         metric = summary["metric"]
         delta = None if metric is None or summary["baseline_metric"] is None else metric - summary["baseline_metric"]
         rows.append([

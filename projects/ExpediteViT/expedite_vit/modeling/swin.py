@@ -1,23 +1,27 @@
-"""Mask2Former's Swin Transformer backbone with Expedit token reduction per Swin window.
+"""Mask2Former's Swin Transformer backbone with token reduction per Swin window.
 
 Parameter and buffer names and shapes are those of the official Mask2Former checkpoints
 (``backbone.patch_embed.*``, ``backbone.layers.{i}.blocks.{j}.*``,
 ``backbone.layers.{i}.downsample.*``, ``backbone.norm{i}.*``), so they load unchanged, and with
 ``expedite`` off the forward is Mask2Former's (and detectron2's, whose Swin computes the same
-thing). With it on, in the stage that holds block ``expedite.location`` (counted over all stages):
+thing). With it on, in the stage that holds block ``expedite.location`` (counted over all stages)
+the blocks before it run as usual, the later blocks of that stage run on reduced tokens, and the
+full map is restored at the end of the stage, so patch merging, the later stages and the
+``res2``..``res5`` outputs see the same shapes as without reduction. With ``expedite.method``
+``ailurus`` or ``tome`` the later blocks run on an irregular token set kept per Swin window
+(:mod:`expedite.tokens`: shifted blocks regroup the tokens by shifted window, the bias table is
+interpolated at the tokens' offsets). With ``expedit`` (the default):
 
-- the blocks before it run as usual;
 - each ``window_size`` x ``window_size`` Swin window is clustered to ``grid`` x ``grid`` centres
   (padding masked), and the windows of centres form a smaller map;
 - the later blocks of that stage attend within ``grid`` x ``grid`` windows of that map, shifted by
   ``grid // 2`` on the shifted blocks, with the shifted-window mask built for that window and
   shift, and relative position bias tables resized from the checkpoint's on the fly;
-- at the end of the stage every window is rebuilt at full resolution, so patch merging, the later
-  stages and the ``res2``..``res5`` outputs see the same shapes as without reduction.
+- at the end of the stage every window is rebuilt at full resolution.
 
 The settings are read at each forward (the stage and block of ``location`` are found then), so
-reduction can be switched on, off or re-tuned on a built model. With
-``expedite.implementation="official"`` the official Mask2Former fork is reproduced: padding
+reduction can be switched on, off, to another method or re-tuned on a built model. With
+``expedite.expedit.implementation="official"`` the official Mask2Former fork is reproduced: padding
 clustered and the reduced map not cropped (a 40x40 stage with 12x12 windows to 8x8 gives 32x32),
 bias tables resized bilinearly, and the shifted-window mask built for the checkpoint's shift
 (``window_size // 2``) while the reduced blocks roll by ``grid // 2``.
@@ -509,7 +513,7 @@ class D2SwinTransformer(ExpediteHost, Backbone):
                 (training only).
             out_features: which of ``res2``..``res5`` to return.
             expedite: token reduction settings; None or ``enabled=False`` gives the plain Swin.
-                ``expedite.location`` counts blocks over all stages and ``expedite.grid`` must be
+                ``expedite.location`` counts blocks over all stages and ``expedite.expedit.grid`` must be
                 square and at most ``window_size``. Every setting is read at each call, so
                 ``model.expedite.enabled = True`` (or any field, or a new config) on a built
                 model takes effect at the next one; the settings are checked against this Swin

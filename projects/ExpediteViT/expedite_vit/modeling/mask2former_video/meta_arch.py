@@ -1,0 +1,349 @@
+"""Mask2Former-VIS: the video instance segmentation meta-architecture and its head.
+
+The backbone and the pixel decoder see frames as independent images; the video decoder then finds
+video-level objects (tubes) in the features of all frames of a video. The state_dict is the one of
+the official YouTube-VIS checkpoints (the image model's keys; K = 40 classes there).
+"""
+
+import math
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.layers import ShapeSpec
+from detectron2.structures import BitMasks
+from detectron2.utils.memory import retry_if_cuda_oom
+
+from ..mask2former.meta_arch import MaskFormerHead
+from ..mask2former.pixel_decoder import MSDeformAttnPixelDecoder
+from .transformer_decoder import VideoMultiScaleMaskedTransformerDecoder
+
+__all__ = ["VideoMaskFormer", "build_video_mask2former_head"]
+
+
+def build_video_mask2former_head(
+    input_shape: Mapping[str, ShapeSpec],
+    num_classes: int,
+    *,
+    num_queries: int = 100,
+    hidden_dim: int = 256,
+    conv_dim: int = 256,
+    mask_dim: int = 256,
+    nheads: int = 8,
+    dim_feedforward: int = 2048,
+    dec_layers: int = 9,
+    enc_layers: int = 6,
+    enc_dim_feedforward: int = 1024,
+    transformer_in_features: Sequence[str] = ("res3", "res4", "res5"),
+    common_stride: int = 4,
+    norm: str = "GN",
+    enforce_input_project: bool = False,
+) -> MaskFormerHead:
+    """
+    The head of the official Mask2Former-VIS configs: the image model's pixel decoder and a
+    :class:`VideoMultiScaleMaskedTransformerDecoder` (``sem_seg_head.predictor``). Arguments and
+    defaults are those of :func:`expedite_vit.modeling.mask2former.build_mask2former_head`
+    (YouTube-VIS: ``num_classes=40``; Swin-L ``num_queries=200``).
+    """
+    pixel_decoder = MSDeformAttnPixelDecoder(
+        input_shape,
+        conv_dim=conv_dim,
+        mask_dim=mask_dim,
+        norm=norm,
+        transformer_in_features=transformer_in_features,
+        common_stride=common_stride,
+        transformer_enc_layers=enc_layers,
+        transformer_nheads=nheads,
+        transformer_dim_feedforward=enc_dim_feedforward,
+    )
+    predictor = VideoMultiScaleMaskedTransformerDecoder(
+        conv_dim,
+        num_classes=num_classes,
+        hidden_dim=hidden_dim,
+        num_queries=num_queries,
+        nheads=nheads,
+        dim_feedforward=dim_feedforward,
+        dec_layers=dec_layers,
+        mask_dim=mask_dim,
+        enforce_input_project=enforce_input_project,
+    )
+    return MaskFormerHead(pixel_decoder=pixel_decoder, predictor=predictor)
+
+
+class VideoMaskFormer(nn.Module):
+    """
+    Offline video instance segmentation: every frame of a video goes through ``backbone`` and the
+    pixel decoder of ``sem_seg_head`` (``frame_chunk`` frames at a time), then its video decoder
+    predicts Q (class, mask tube) pairs for the whole video. Training returns the weighted losses
+    of ``criterion``; inference returns the top ``test_topk_per_video`` (query, class) pairs.
+
+    Chunking gives the same features as one pass over all frames because every module before the
+    video decoder works per frame (Swin with or without token reduction, LayerNorm, GroupNorm,
+    frozen BatchNorm). It bounds the backbone's activation memory; the decoder's inputs (three
+    feature levels and the stride-4 mask features of every frame) still grow with the video.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: MaskFormerHead,
+        criterion: nn.Module,
+        num_queries: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+        frame_chunk: Optional[int] = None,
+        test_topk_per_video: int = 10,
+    ):
+        """
+        Args:
+            backbone: module mapping (N, 3, H, W) frames to a dict of feature maps.
+            sem_seg_head: a :class:`MaskFormerHead` whose predictor is a
+                :class:`VideoMultiScaleMaskedTransformerDecoder`
+                (:func:`build_video_mask2former_head`).
+            criterion: training losses over mask tubes; its ``weight_dict`` weighs and filters
+                them. Also holds ``criterion.empty_weight``, part of the official checkpoints.
+            num_queries: number of queries of the head (checked against it).
+            pixel_mean, pixel_std: per-channel input normalization.
+            size_divisibility: pad frames to a multiple of this; negative means the backbone's
+                ``size_divisibility``.
+            frame_chunk: frames per pass through the backbone and pixel decoder; None: all frames
+                of the batch in one pass.
+            test_topk_per_video: inference keeps this many (query, class) pairs (10 upstream).
+        """
+        super().__init__()
+        if not isinstance(sem_seg_head.predictor, VideoMultiScaleMaskedTransformerDecoder):
+            raise TypeError(
+                "VideoMaskFormer needs a VideoMultiScaleMaskedTransformerDecoder as "
+                f"sem_seg_head.predictor, got {type(sem_seg_head.predictor).__name__}"
+            )
+        if sem_seg_head.predictor.num_queries != num_queries:
+            raise ValueError(
+                f"num_queries={num_queries} but the head has "
+                f"{sem_seg_head.predictor.num_queries} queries"
+            )
+        if frame_chunk is not None and (isinstance(frame_chunk, bool) or int(frame_chunk) != frame_chunk
+                                        or frame_chunk < 1):
+            raise ValueError(f"frame_chunk must be None or an integer >= 1, got {frame_chunk!r}")
+        if test_topk_per_video < 1:
+            raise ValueError(f"test_topk_per_video must be >= 1, got {test_topk_per_video}")
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_queries = num_queries
+        if size_divisibility < 0:
+            size_divisibility = self.backbone.size_divisibility
+        self.size_divisibility = size_divisibility
+        self.frame_chunk = None if frame_chunk is None else int(frame_chunk)
+        self.test_topk_per_video = test_topk_per_video
+
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(
+                f"pixel_mean {list(pixel_mean)} and pixel_std {list(pixel_std)} differ in length"
+            )
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.sem_seg_head.num_classes
+
+    def _frames(self, batched_inputs: List[Dict]) -> Tuple[List[torch.Tensor], int]:
+        """All frames of the batch, videos in order, and the frame count T every video has."""
+        lengths = {len(video["image"]) for video in batched_inputs}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"the videos of a batch must have the same number of frames, got {sorted(lengths)}"
+            )
+        num_frames = lengths.pop()
+        if num_frames == 0:
+            raise ValueError("a video has no frames ('image' is an empty list)")
+        channels = self.pixel_mean.shape[0]
+        for video in batched_inputs:
+            shapes = {tuple(frame.shape) for frame in video["image"]}
+            bad = [s for s in shapes if len(s) != 3 or s[0] != channels]
+            if bad:
+                raise ValueError(
+                    f"video {video.get('video_id')}: 'image' frames must be ({channels}, H, W), "
+                    f"got {bad[0]}"
+                )
+            # The mapper resizes every frame of a video alike; masks are cropped with one size.
+            if len(shapes) != 1:
+                raise ValueError(
+                    f"video {video.get('video_id')}: 'image' frames differ in size {sorted(shapes)}"
+                )
+        frames = [frame for video in batched_inputs for frame in video["image"]]
+        return frames, num_frames
+
+    def _padded_size(self, frames: Sequence[torch.Tensor]) -> Tuple[int, int]:
+        height = max(frame.shape[-2] for frame in frames)
+        width = max(frame.shape[-1] for frame in frames)
+        if self.size_divisibility > 1:
+            stride = self.size_divisibility
+            height, width = math.ceil(height / stride) * stride, math.ceil(width / stride) * stride
+        return height, width
+
+    def _normalized_chunk(self, frames: Sequence[torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
+        """(N, C, H', W') normalized frames, zero-padded (after normalization) to ``size``."""
+        batch = torch.zeros((len(frames), self.pixel_mean.shape[0], *size), device=self.device)
+        for i, frame in enumerate(frames):
+            frame = frame.to(self.device)
+            batch[i, :, : frame.shape[-2], : frame.shape[-1]] = (frame - self.pixel_mean) / self.pixel_std
+        return batch
+
+    def frame_features(
+        self, frames: Sequence[torch.Tensor], padded_size: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """
+        Backbone and pixel decoder over ``frames``, ``frame_chunk`` at a time.
+
+        Args:
+            frames: N (C, H, W) frames in the model's input format.
+            padded_size: (H', W') every frame is padded to.
+
+        Returns:
+            mask_features (N, mask_dim, H'/4, W'/4) and the multi-scale features, coarse to fine,
+            each (N, conv_dim, H_l, W_l).
+        """
+        chunk = self.frame_chunk or len(frames)
+        mask_chunks, level_chunks = [], []
+        for start in range(0, len(frames), chunk):
+            images = self._normalized_chunk(frames[start : start + chunk], padded_size)
+            features = self.backbone(images)
+            del images
+            mask_features, _, multi_scale = self.sem_seg_head.pixel_decoder.forward_features(features)
+            del features
+            mask_chunks.append(mask_features)
+            level_chunks.append(multi_scale)
+        if len(mask_chunks) == 1:
+            return mask_chunks[0], level_chunks[0]
+        levels = [torch.cat(level, dim=0) for level in zip(*level_chunks)]
+        return torch.cat(mask_chunks, dim=0), levels
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: one dict per video with "image": a list of T (C, H, W) frames in the
+                model's input format (every video of a batch with the same T); for training
+                "instances" with ``gt_classes`` (N,) and ``gt_masks`` (N, T, H, W) bool, one row per
+                object track; for inference optionally the output "height" and "width".
+                Inference takes one video per call.
+
+        Returns:
+            training: dict of weighted losses.
+            inference: a list with one dict for the video: "image_size" (height, width),
+              "pred_scores" (list of floats), "pred_labels" (list of contiguous class ids),
+              "pred_masks" (list of (T, height, width) bool CPU tensors), at most
+              ``test_topk_per_video`` of each.
+        """
+        if not self.training and len(batched_inputs) != 1:
+            raise ValueError(
+                f"VideoMaskFormer infers one video per call, got a batch of {len(batched_inputs)}; "
+                f"use a test loader with batch size 1"
+            )
+        frames, num_frames = self._frames(batched_inputs)
+        padded_size = self._padded_size(frames)
+        mask_features, multi_scale = self.frame_features(frames, padded_size)
+        outputs = self.sem_seg_head.predictor(
+            multi_scale, mask_features, num_videos=len(batched_inputs)
+        )
+        del mask_features, multi_scale
+
+        if self.training:
+            if any("instances" not in video for video in batched_inputs):
+                raise ValueError("training needs 'instances' (gt_classes, gt_masks) in every video")
+            targets = self.prepare_targets(batched_inputs, num_frames, padded_size)
+            losses = self.criterion(outputs, targets)
+            weights = self.criterion.weight_dict
+            # Losses without a weight (e.g. auxiliary ones without deep supervision) are dropped.
+            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+        video = batched_inputs[0]
+        image_size = tuple(frames[0].shape[-2:])
+        height = video.get("height", image_size[0])
+        width = video.get("width", image_size[1])
+        return [
+            retry_if_cuda_oom(self.inference_video)(
+                outputs["pred_logits"][0], outputs["pred_masks"][0], padded_size, image_size,
+                (height, width),
+            )
+        ]
+
+    def prepare_targets(
+        self, batched_inputs: List[Dict], num_frames: int, padded_size: Tuple[int, int]
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Per video {"labels": (N,), "masks": (N, T, H', W')}, masks zero-padded to the batch size."""
+        targets = []
+        for video in batched_inputs:
+            instances = video["instances"].to(self.device)
+            gt_masks = instances.gt_masks
+            if isinstance(gt_masks, BitMasks):
+                gt_masks = gt_masks.tensor
+            if gt_masks.dim() != 4 or gt_masks.shape[1] != num_frames:
+                raise ValueError(
+                    f"video {video.get('video_id')}: 'instances.gt_masks' must be (N, {num_frames}, H, W), "
+                    f"got {tuple(gt_masks.shape)}"
+                )
+            padded = gt_masks.new_zeros((gt_masks.shape[0], num_frames, *padded_size))
+            padded[..., : gt_masks.shape[-2], : gt_masks.shape[-1]] = gt_masks
+            targets.append({"labels": instances.gt_classes, "masks": padded})
+        return targets
+
+    def inference_video(
+        self,
+        mask_cls: torch.Tensor,
+        mask_pred: torch.Tensor,
+        padded_size: Tuple[int, int],
+        image_size: Tuple[int, int],
+        output_size: Tuple[int, int],
+    ) -> Dict:
+        """
+        Top ``test_topk_per_video`` (query, class) pairs by class probability, as upstream (a
+        query may appear with several classes, no mask-score re-weighting). They are chosen before
+        the masks are upsampled, so only their tubes are resized, one at a time: memory does not
+        grow with the number of queries.
+
+        Args:
+            mask_cls: (Q, K + 1) logits.
+            mask_pred: (Q, T, H_m, W_m) mask logits at stride 4 of the padded frames.
+            padded_size: (H', W') of the padded frames.
+            image_size: (h, w) of the frames before padding.
+            output_size: (height, width) of the original video.
+
+        Returns:
+            the per-video output dict of :meth:`forward`.
+        """
+        num_classes = self.num_classes
+        scores = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
+        topk = min(self.test_topk_per_video, scores.numel())
+        # Sorted, so the output order does not depend on the device.
+        top_scores, top_indices = scores.flatten().topk(topk, sorted=True)
+        labels = top_indices % num_classes
+        queries = torch.div(top_indices, num_classes, rounding_mode="floor")
+
+        masks = []
+        for query in queries.tolist():
+            # Frames as channels: (1, T, H_m, W_m) -> padded size -> crop -> original size.
+            tube = F.interpolate(
+                mask_pred[query][None], size=padded_size, mode="bilinear", align_corners=False
+            )
+            tube = tube[..., : image_size[0], : image_size[1]]
+            tube = F.interpolate(tube, size=output_size, mode="bilinear", align_corners=False)
+            masks.append((tube[0] > 0).cpu())
+        return {
+            "image_size": tuple(output_size),
+            "pred_scores": top_scores.tolist(),
+            "pred_labels": labels.tolist(),
+            "pred_masks": masks,
+        }
