@@ -60,3 +60,13 @@ def set_expedit(config, key, value):
     """Assign a flat Expedit setting on a built config: a common one on the config itself,
     the others on its ``expedit`` settings."""
     setattr(config if key in COMMON_SETTINGS else config.expedit, key, value)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models on a busy 2-core machine: intra-op threads cost more than they save. A test
+    module uses it for all its tests with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -69,10 +69,12 @@ def test_draws_on_colour_and_grayscale_images(demo, checkpoint, images, tmp_path
         assert np.abs(drawn - original).mean() > 1.0  # predictions were drawn
 
 
-def test_compare_draws_three_panels(demo, checkpoint, images, tmp_path):
+@pytest.mark.parametrize("method", ["expedit", "tome"])  # reduced map / merged token set
+def test_compare_draws_three_panels(demo, checkpoint, images, tmp_path, method):
     colour, _ = images
     out = tmp_path / "compare.png"
-    assert demo.main(demo_args(checkpoint, "--compare", "--input", str(colour), "--output", str(out))) == 0
+    override = f"model.backbone.net.expedite.method={method}"
+    assert demo.main(demo_args(checkpoint, "--compare", "--input", str(colour), "--output", str(out), override)) == 0
     panels, original = read_rgb(out), read_rgb(colour)
     height, width = original.shape[:2]
     assert panels.shape == (height, 3 * width, 3)

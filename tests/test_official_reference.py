@@ -20,12 +20,7 @@ from expedite_vit.modeling import ExpeditedViT
 from expedite_vit.modeling.swin import D2SwinTransformer, resize_relative_position_bias_table
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- References ---------------------------------------------------------------------------------

@@ -434,7 +434,7 @@ def test_labelled_summary_and_its_lines():
     assert summary["autotune_gap"]["gap"] == pytest.approx(-1.5)
     assert [g["target"] for g in summary["autotune_gaps"]] == [1.5, 2.0]  # 3x is reached by no point
     text = format_labelled_summary(summary)
-    assert "Spearman) of agreement with bbox AP: +0.400 over 4 points; -0.500 over the 3 points at or above 1.5x" in text
+    assert "agreement with bbox AP: +0.400 over 4 points; -0.500 over the 3 points at or above 1.5x" in text
     assert ">= 1.5x: -1.50 (chosen location=4: 28.00; best location=6: 29.50; 3 points)" in text
     unlabelled = [{**r, "summary": {**r["summary"], "metric": None}} for r in LABELLED]
     assert labelled_summary(unlabelled, "flops", 1.5) is None

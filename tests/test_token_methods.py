@@ -363,3 +363,15 @@ def test_merging_methods_refuse_convolution_blocks_after_the_location():
         ExpediteConfig(method="tome", location=1).check_host(layout)
     ExpediteConfig(method="tome", location=3).check_host(layout)
     ExpediteConfig(method="expedit", location=1, expedit=dict(grid=2, k=2)).check_host(layout)
+
+
+def test_overriding_a_method_that_does_not_run_is_refused():
+    from expedite_vit.runtime.config import ConfigError, load_config
+    from test_train_net import TINY_CONFIG
+
+    node = "model.backbone.net.expedite"
+    with pytest.raises(ConfigError, match=rf"^{node}\.expedit\.grid=2 sets a 'expedit' setting, but {node}\.method='tome': "
+                       rf"it would be ignored; .*{node}\.tome\.r"):
+        load_config(str(TINY_CONFIG), [f"{node}.method=tome", f"{node}.expedit.grid=2"])
+    cfg = load_config(str(TINY_CONFIG), [f"{node}.method=tome", f"{node}.tome.r=3"])
+    assert cfg.model.backbone.net.expedite.tome.r == 3

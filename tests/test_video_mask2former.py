@@ -40,13 +40,7 @@ OFFICIAL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a busy 2-core machine: intra-op threads cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +98,23 @@ def test_official_config_state_dict_is_the_checkpoints(fixtures_dir, config):
             settings.k, settings.reconstruct_temperature) == ((8, 8), n_iters, 0.01, 7, 49, 0.01)
     assert model.backbone.reduction_point() == (2, 10)
     assert model.num_queries == 200 and model.test_topk_per_video == 10
+
+
+def test_tiny_video_model_has_the_builtin_image_models_layout(tiny_cfg):
+    """Every key of the built-in image Mask2Former's checkpoint fits, except the class rows: the
+    video model has the 6 thing classes, the image model 6 things + 2 stuff."""
+    checkpoint = torch.load(REPO_ROOT / "checkpoints" / "mask2former_swin_tiny_scenes.pth",
+                            map_location="cpu", weights_only=False)
+    image = {k: tuple(v.shape) for k, v in checkpoint.get("model", checkpoint).items()}
+    with torch.device("meta"):
+        video = {k: tuple(v.shape) for k, v in instantiate(tiny_cfg.model).state_dict().items()}
+    assert sorted(video) == sorted(image)
+    differ = {k: (video[k], image[k]) for k in video if video[k] != image[k]}
+    assert differ == {
+        "sem_seg_head.predictor.class_embed.weight": ((7, 96), (9, 96)),
+        "sem_seg_head.predictor.class_embed.bias": ((7,), (9,)),
+        "criterion.empty_weight": ((7,), (9,)),
+    }
 
 
 # ---- Position encoding and decoder -------------------------------------------------------------
@@ -230,6 +241,24 @@ def test_chunked_equals_unchunked(tiny_cfg):
 def test_bad_frame_chunk_is_refused(tiny_cfg, frame_chunk):
     with pytest.raises(ValueError, match="frame_chunk"):
         tiny_model(tiny_cfg, frame_chunk=frame_chunk)
+
+
+def test_nan_video_predictions_name_the_video():
+    from expedite_vit.evaluation import FiniteOutputs, NonFiniteError
+
+    prediction = {"image_size": (8, 8), "pred_scores": [0.5, float("nan")], "pred_labels": [0, 1],
+                  "pred_masks": [torch.zeros(3, 8, 8, dtype=torch.bool)] * 2}
+    model = FiniteOutputs(lambda inputs: [prediction])
+    video = {"video_id": 7, "file_names": ["video_0007/00000.jpg", "video_0007/00001.jpg"]}
+    with pytest.raises(NonFiniteError, match=r"predictions for video 7 \(first frame "
+                                             r"video_0007/00000\.jpg\) hold NaN or inf \(pred_scores\[1\]\)"):
+        model([video])
+    with pytest.raises(NonFiniteError, match=r"predictions for the video \(first frame a/0\.jpg\)"):
+        model([{"file_names": ["a/0.jpg"]}])
+    with pytest.raises(NonFiniteError, match=r"predictions for video 7 hold"):
+        model([{"video_id": 7}])
+    model = FiniteOutputs(lambda inputs: [dict(prediction, pred_scores=[0.5, 0.25])])
+    assert model([video]) == [dict(prediction, pred_scores=[0.5, 0.25])]
 
 
 # ---- Mapper and training -----------------------------------------------------------------------

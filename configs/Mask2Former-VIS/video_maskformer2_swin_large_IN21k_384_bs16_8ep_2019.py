@@ -11,35 +11,14 @@
 # Evaluate the official model (it loads unchanged, expedite on or off); ytvis_2019_val has no public
 # labels, so the evaluator writes OUTPUT_DIR/results.zip for the evaluation server:
 #   python train_net.py --eval-only --config-file THIS_FILE train.init_checkpoint=https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2019/video_maskformer2_swin_large_IN21k_384_bs16_8ep/model_final_c5c739.pkl
-# Training starts, as upstream, from the COCO-instance Mask2Former Swin-L (model_final_e5f453.pkl),
-# with the official schedule (AdamW, lr 1e-4, AMP; upstream also clips the whole model's gradient
-# norm at 0.01, which train_net.py's trainers do not).
-from detectron2 import model_zoo
-from detectron2.config import LazyCall as L
-from fvcore.common.param_scheduler import MultiStepParamScheduler
-
-from ..Mask2Former.common.models import SWIN_LARGE_CHANNELS
-from ..Mask2Former.common.optim import adamw
+# Training starts, as upstream, from the COCO-instance Mask2Former Swin-L, with the official
+# schedule (common/schedules.py).
 from .common.data import ytvis_dataloader
-from .common.models import swin_large_video_backbone, video_mask2former
+from .common.models import swin_large_ytvis_model
+from .common.schedules import ytvis_swin_large_schedule
 
-model = video_mask2former(
-    backbone=swin_large_video_backbone("ytvis_2019"),  # model.backbone.expedite
-    backbone_channels=SWIN_LARGE_CHANNELS,
-    num_classes=40,
-    num_queries=200,
-    # Backbone and pixel decoder run 16 frames at a time, so a long video's backbone activations
-    # stay bounded (upstream runs all frames at once and runs out of memory at 100-150 frames).
-    frame_chunk=16,
-)
+model = swin_large_ytvis_model("2019")  # model.backbone.expedite: the 2019 preset
 dataloader = ytvis_dataloader("2019", test_short_edge=480)
-
-train = model_zoo.get_config("common/train.py").train
-train.update(
-    init_checkpoint="model_final_e5f453.pkl",
-    output_dir="./output/video_mask2former_swin_large_ytvis_2019",
-    max_iter=6000,
+train, optimizer, lr_multiplier = ytvis_swin_large_schedule(
+    output_dir="./output/video_mask2former_swin_large_ytvis_2019", max_iter=6000, milestone=4000
 )
-train.amp.enabled = True
-optimizer = adamw()
-lr_multiplier = L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[4000], num_updates=train.max_iter)

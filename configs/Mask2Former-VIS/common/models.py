@@ -11,7 +11,14 @@ from expedite_vit.modeling.mask2former_video import (
     build_video_mask2former_head,
 )
 
-from ...Mask2Former.common.models import PIXEL_MEAN, PIXEL_STD, SWIN_LARGE, feature_shapes, swin_backbone
+from ...Mask2Former.common.models import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    SWIN_LARGE,
+    SWIN_LARGE_CHANNELS,
+    feature_shapes,
+    swin_backbone,
+)
 
 # Expedit presets of the released Expedit-Mask2Former YouTube-VIS configs
 # (configs/youtubevis_20{19,21}/swin/video_maskformer2_hourglass_swin_large_IN21k_384_bs16_8ep.yaml):
@@ -19,22 +26,17 @@ from ...Mask2Former.common.models import PIXEL_MEAN, PIXEL_STD, SWIN_LARGE, feat
 # 8x8 clusters, temperature 0.01, locality window 7, reconstruction from k=49 clusters at
 # temperature 0.01; they differ only in n_iters. Published (backbone GFLOPs per clip, server AP):
 # 2019 8957 -> 7631, AP 60.4 -> 60.2; 2021 7159 -> 6253, AP 52.6 -> 51.8.
-SWIN_LARGE_YTVIS_EXPEDITE_PRESETS = {
-    "ytvis_2019": dict(
+def _ytvis_preset(n_iters):
+    return dict(
         enabled=True, method="expedit", location=14,
         expedit=dict(
-            grid=8, n_iters=4, cluster_temperature=0.01, locality_window=7, k=49,
+            grid=8, n_iters=n_iters, cluster_temperature=0.01, locality_window=7, k=49,
             reconstruct_temperature=0.01, normalize="sum", implementation="default",
         ),
-    ),
-    "ytvis_2021": dict(
-        enabled=True, method="expedit", location=14,
-        expedit=dict(
-            grid=8, n_iters=5, cluster_temperature=0.01, locality_window=7, k=49,
-            reconstruct_temperature=0.01, normalize="sum", implementation="default",
-        ),
-    ),
-}
+    )
+
+
+SWIN_LARGE_YTVIS_EXPEDITE_PRESETS = {"ytvis_2019": _ytvis_preset(4), "ytvis_2021": _ytvis_preset(5)}
 
 
 def swin_large_video_backbone(preset):
@@ -70,4 +72,19 @@ def video_mask2former(*, backbone, backbone_channels, num_classes, num_queries, 
         size_divisibility=32,
         frame_chunk=frame_chunk,
         test_topk_per_video=10,
+    )
+
+
+def swin_large_ytvis_model(year):
+    """The official Swin-L (IN21k, 384) YouTube-VIS ``year`` model (40 classes, 200 queries) with
+    that year's Expedit preset at ``model.backbone.expedite``."""
+    return video_mask2former(
+        backbone=swin_large_video_backbone(f"ytvis_{year}"),
+        backbone_channels=SWIN_LARGE_CHANNELS,
+        num_classes=40,
+        num_queries=200,
+        # Backbone and pixel decoder run 16 frames at a time, so a long video's backbone
+        # activations stay bounded (upstream runs all frames at once and runs out of memory at
+        # 100-150 frames).
+        frame_chunk=16,
     )

@@ -54,6 +54,10 @@ model = mask2former(
                 k=4,
                 reconstruct_temperature=0.01,
             ),
+            # The other methods at the same backbone FLOPs (within 5%, BENCHMARKS.md): 1.28x and
+            # 1.27x against Expedit's 1.30x (expedite.method=ailurus or tome).
+            ailurus=dict(budget=16, threshold=-1.0),
+            tome=dict(r=32),
         ),
     ),
     backbone_channels=swin_channels(EMBED_DIM),

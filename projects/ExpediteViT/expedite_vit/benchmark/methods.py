@@ -101,6 +101,8 @@ def _nearest_int(ratio_of: Callable[[int], float], candidates: range, target: fl
 def _nearest_threshold(ratio_of: Callable[[float], float], target: float) -> float:
     """AiluRus's ratio falls as the threshold rises (fewer tokens are similar enough to merge)."""
     low, high = -1.0, 1.0
+    if ratio_of(low) <= target:  # even merging every neighbour of an anchor does not get there
+        return low
     for _ in range(_BISECTION_STEPS):
         mid = (low + high) / 2
         if ratio_of(mid) > target:

@@ -93,20 +93,23 @@ def default_expedite_scenes_root():
     The folder the built-in dataset lives in: ``$EXPEDITE_DATASETS`` if set, else
     ``$DETECTRON2_DATASETS/expedite_scenes`` if set, else ``~/.cache/expedite_vit/datasets/expedite_scenes``.
     """
-    if os.environ.get("EXPEDITE_DATASETS"):
-        return os.path.expanduser(os.environ["EXPEDITE_DATASETS"])
+    return _default_root("EXPEDITE_DATASETS", "expedite_scenes")
+
+
+def _default_root(variable, name):
+    """``$variable`` if set, else ``$DETECTRON2_DATASETS/name`` if set, else the cache folder `name`."""
+    if os.environ.get(variable):
+        return os.path.expanduser(os.environ[variable])
     if os.environ.get("DETECTRON2_DATASETS"):
-        return os.path.join(os.path.expanduser(os.environ["DETECTRON2_DATASETS"]), "expedite_scenes")
-    return os.path.expanduser("~/.cache/expedite_vit/datasets/expedite_scenes")
+        return os.path.join(os.path.expanduser(os.environ["DETECTRON2_DATASETS"]), name)
+    return os.path.expanduser(f"~/.cache/expedite_vit/datasets/{name}")
 
 
 def dataset_spec(seed=0, num_train=DEFAULT_NUM_IMAGES["train"], num_val=DEFAULT_NUM_IMAGES["val"],
                  image_size=DEFAULT_IMAGE_SIZE):
     """The parameters that fully determine a generated dataset (stored in its completion marker)."""
-    for name, value, minimum in (("seed", seed, 0), ("num_train", num_train, 1),
-                                 ("num_val", num_val, 1), ("image_size", image_size, 64)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    _check_integers((("seed", seed, 0), ("num_train", num_train, 1),
+                     ("num_val", num_val, 1), ("image_size", image_size, 64)))
     return {
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
@@ -114,6 +117,13 @@ def dataset_spec(seed=0, num_train=DEFAULT_NUM_IMAGES["train"], num_val=DEFAULT_
         "num_val": int(num_val),
         "image_size": int(image_size),
     }
+
+
+def _check_integers(checks):
+    """Raise ValueError unless every value of the (name, value, minimum) triples is an integer >= minimum."""
+    for name, value, minimum in checks:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def read_completion_marker(root):
@@ -142,19 +152,28 @@ def ensure_expedite_scenes(root=None, seed=0, num_train=DEFAULT_NUM_IMAGES["trai
         str: the dataset root.
     """
     root = default_expedite_scenes_root() if root is None else os.path.expanduser(root)
-    wanted = dataset_spec(seed, num_train, num_val, image_size)
+    return _ensure_dataset(
+        root, dataset_spec(seed, num_train, num_val, image_size), "expedite_scenes", force,
+        "force=True (CLI: --force)",
+        lambda: generate_expedite_scenes(root, seed, num_train, num_val, image_size),
+    )
+
+
+def _ensure_dataset(root, wanted, name, force, force_hint, generate):
+    """`root` if it holds the complete dataset `name` of spec `wanted`, else what `generate()`
+    returns; a complete dataset of another spec is replaced only if `force`."""
     found = read_completion_marker(root)
     if found == wanted:
-        logger.info(f"expedite_scenes is already complete at {root}")
+        logger.info(f"{name} is already complete at {root}")
         return root
     if found is not None and not force:
         raise FileExistsError(
-            f"{root} already holds an expedite_scenes dataset made with {found}, not the requested "
-            f"{wanted}. Pass force=True (CLI: --force) to replace it, or choose another root."
+            f"{root} already holds an {name} dataset made with {found}, not the requested "
+            f"{wanted}. Pass {force_hint} to replace it, or choose another root."
         )
     if found is None and os.path.isdir(root) and os.listdir(root):
-        logger.warning(f"{root} holds an incomplete expedite_scenes dataset; regenerating it")
-    return generate_expedite_scenes(root, seed, num_train, num_val, image_size)
+        logger.warning(f"{root} holds an incomplete {name} dataset; regenerating it")
+    return generate()
 
 
 def generate_expedite_scenes(root, seed=0, num_train=DEFAULT_NUM_IMAGES["train"],
@@ -166,9 +185,18 @@ def generate_expedite_scenes(root, seed=0, num_train=DEFAULT_NUM_IMAGES["train"]
     spec = dataset_spec(seed, num_train, num_val, image_size)
     _clear_generated_files(root)
     os.makedirs(os.path.join(root, "annotations"))
-    for split, num_images in (("train", spec["num_train"]), ("val", spec["num_val"])):
-        counts = _write_split(root, split, num_images, spec["seed"], spec["image_size"])
-        logger.info(f"expedite_scenes {split} written to {root}: {counts}")
+    return _write_splits(
+        root, spec, "expedite_scenes",
+        lambda split, num_images: _write_split(root, split, num_images, spec["seed"], spec["image_size"]),
+    )
+
+
+def _write_splits(root, spec, name, write_split):
+    """Write every split with `write_split(split, size)` (it returns counts to log), then the
+    completion marker, last, so an interrupted run is recognisable as incomplete."""
+    for split in SPLITS:
+        counts = write_split(split, spec[f"num_{split}"])
+        logger.info(f"{name} {split} written to {root}: {counts}")
     _write_json(os.path.join(root, COMPLETE_MARKER), spec)
     return root
 
@@ -286,16 +314,21 @@ def _owned_entries():
 
 
 def _clear_generated_files(root):
-    """Remove an earlier generation's files, refusing to touch a folder that holds anything else."""
+    _clear_owned_files(root, _owned_entries(), "expedite_scenes")
+
+
+def _clear_owned_files(root, owned, name):
+    """Remove an earlier generation's files (`owned`: the entries of `root` the generator of
+    dataset `name` writes), refusing to touch a folder that holds anything else."""
     if not os.path.isdir(root):
         if os.path.exists(root):
             raise NotADirectoryError(f"dataset root {root} exists and is not a folder")
         return
     entries = set(os.listdir(root))
-    foreign = sorted(entries - _owned_entries())
+    foreign = sorted(entries - owned)
     if foreign:
         raise FileExistsError(
-            f"refusing to write expedite_scenes into {root}: it holds files the generator did not "
+            f"refusing to write {name} into {root}: it holds files the generator did not "
             f"write ({', '.join(foreign[:5])}). Choose an empty or new folder."
         )
     # The marker goes first, so a crash while clearing still leaves the folder marked incomplete.
@@ -403,13 +436,19 @@ def _random_colour(rng):
     return np.array(colorsys.hsv_to_rgb(hue, saturation, value), dtype=np.float32)
 
 
+def _jitter_photo(rng, photo):
+    """`photo` with random contrast and brightness and, sometimes, a colour tint (not clipped)."""
+    mean = photo.mean()
+    photo = (photo - mean) * rng.uniform(0.75, 1.25) + mean * rng.uniform(0.8, 1.15)
+    if rng.random() < 0.3:
+        photo = photo * (0.6 + 0.4 * _random_colour(rng))
+    return photo
+
+
 def _paint_background(rng, size):
     """A jittered photo crop as backdrop, and (usually) a textured ground band below a horizon."""
     canvas = _random_crop(rng, _skimage_images(_PHOTO_NAMES), size, size, min_fraction=0.3)
-    mean = canvas.mean()
-    canvas = (canvas - mean) * rng.uniform(0.75, 1.25) + mean * rng.uniform(0.8, 1.15)
-    if rng.random() < 0.3:
-        canvas = canvas * (0.6 + 0.4 * _random_colour(rng))
+    canvas = _jitter_photo(rng, canvas)
     stuff_map = np.full((size, size), _BACKDROP_ID, dtype=np.int32)
 
     if rng.random() < 0.85:

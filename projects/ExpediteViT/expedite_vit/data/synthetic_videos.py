@@ -26,9 +26,7 @@ Every video draws its randomness from ``np.random.default_rng([seed, split, inde
 every byte, and changing the split sizes leaves the videos both sizes contain unchanged.
 """
 
-import logging
 import os
-import shutil
 from dataclasses import dataclass
 
 import cv2
@@ -39,17 +37,21 @@ from PIL import Image
 from .synthetic_scenes import (
     _PHOTO_NAMES,
     THING_CATEGORIES,
+    _check_integers,
+    _clear_owned_files,
+    _coco_category,
+    _default_root,
+    _ensure_dataset,
+    _jitter_photo,
     _mask_bbox_xywh,
     _object_texture,
     _polygon_area,
-    _random_colour,
     _shape_polygon,
     _skimage_images,
     _write_json,
+    _write_splits,
     read_completion_marker,
 )
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_FRAME_SIZE",
@@ -98,21 +100,15 @@ def default_expedite_videos_root():
     The folder the dataset lives in: ``$EXPEDITE_VIDEOS`` if set, else
     ``$DETECTRON2_DATASETS/expedite_videos`` if set, else ``~/.cache/expedite_vit/datasets/expedite_videos``.
     """
-    if os.environ.get("EXPEDITE_VIDEOS"):
-        return os.path.expanduser(os.environ["EXPEDITE_VIDEOS"])
-    if os.environ.get("DETECTRON2_DATASETS"):
-        return os.path.join(os.path.expanduser(os.environ["DETECTRON2_DATASETS"]), "expedite_videos")
-    return os.path.expanduser("~/.cache/expedite_vit/datasets/expedite_videos")
+    return _default_root("EXPEDITE_VIDEOS", "expedite_videos")
 
 
 def dataset_spec(seed=0, num_train=DEFAULT_NUM_VIDEOS["train"], num_val=DEFAULT_NUM_VIDEOS["val"],
                  frame_size=DEFAULT_FRAME_SIZE):
     """The parameters that fully determine a generated dataset (stored in its completion marker)."""
     height, width = frame_size
-    for name, value, minimum in (("seed", seed, 0), ("num_train", num_train, 1), ("num_val", num_val, 1),
-                                 ("frame height", height, 64), ("frame width", width, 64)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    _check_integers((("seed", seed, 0), ("num_train", num_train, 1), ("num_val", num_val, 1),
+                     ("frame height", height, 64), ("frame width", width, 64)))
     return {
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
@@ -129,47 +125,28 @@ def is_expedite_videos_complete(root):
 
 def ensure_expedite_videos(root=None, seed=0, num_train=DEFAULT_NUM_VIDEOS["train"],
                            num_val=DEFAULT_NUM_VIDEOS["val"], frame_size=DEFAULT_FRAME_SIZE, force=False):
-    """
-    Make sure the dataset described by the arguments exists at `root` (default:
-    :func:`default_expedite_videos_root`), generating it if it is missing or half-written.
-
-    A complete dataset made with other parameters is replaced only with ``force=True``; otherwise this
-    raises FileExistsError, so a cached dataset is never silently swapped under existing results.
-
-    Returns:
-        str: the dataset root.
-    """
+    """The dataset root (default: :func:`default_expedite_videos_root`), generated unless it holds
+    the complete dataset of these arguments, as :func:`.synthetic_scenes.ensure_expedite_scenes`
+    does for the image dataset (another complete dataset is replaced only with ``force=True``)."""
     root = default_expedite_videos_root() if root is None else os.path.expanduser(root)
-    wanted = dataset_spec(seed, num_train, num_val, frame_size)
-    found = read_completion_marker(root)
-    if found == wanted:
-        logger.info(f"expedite_videos is already complete at {root}")
-        return root
-    if found is not None and not force:
-        raise FileExistsError(
-            f"{root} already holds an expedite_videos dataset made with {found}, not the requested "
-            f"{wanted}. Pass force=True to replace it, or choose another root."
-        )
-    if found is None and os.path.isdir(root) and os.listdir(root):
-        logger.warning(f"{root} holds an incomplete expedite_videos dataset; regenerating it")
-    return generate_expedite_videos(root, seed, num_train, num_val, frame_size)
+    return _ensure_dataset(
+        root, dataset_spec(seed, num_train, num_val, frame_size), "expedite_videos", force,
+        "force=True", lambda: generate_expedite_videos(root, seed, num_train, num_val, frame_size),
+    )
 
 
 def generate_expedite_videos(root, seed=0, num_train=DEFAULT_NUM_VIDEOS["train"],
                              num_val=DEFAULT_NUM_VIDEOS["val"], frame_size=DEFAULT_FRAME_SIZE):
-    """
-    Write the dataset to `root`, replacing whatever an earlier generation left there. The completion
-    marker is written last, so an interrupted run is recognisable as incomplete.
-    """
+    """Write the dataset to `root` over an earlier generation's files, the completion marker last
+    (as :func:`.synthetic_scenes.generate_expedite_scenes` writes the image dataset)."""
     spec = dataset_spec(seed, num_train, num_val, frame_size)
     _clear_generated_files(root)
     os.makedirs(root, exist_ok=True)
-    for split, num_videos in (("train", spec["num_train"]), ("val", spec["num_val"])):
-        frame_size = (spec["frame_height"], spec["frame_width"])
-        counts = _write_split(root, split, num_videos, spec["seed"], frame_size)
-        logger.info(f"expedite_videos {split} written to {root}: {counts}")
-    _write_json(os.path.join(root, COMPLETE_MARKER), spec)
-    return root
+    frame_size = (spec["frame_height"], spec["frame_width"])
+    return _write_splits(
+        root, spec, "expedite_videos",
+        lambda split, num_videos: _write_split(root, split, num_videos, spec["seed"], frame_size),
+    )
 
 
 @dataclass
@@ -244,26 +221,8 @@ def _frame_annotation(mask):
 
 
 def _clear_generated_files(root):
-    """Remove an earlier generation's files, refusing to touch a folder that holds anything else."""
-    if not os.path.isdir(root):
-        if os.path.exists(root):
-            raise NotADirectoryError(f"dataset root {root} exists and is not a folder")
-        return
     owned = {COMPLETE_MARKER} | set(SPLITS) | {f"{split}.json" for split in SPLITS}
-    entries = set(os.listdir(root))
-    foreign = sorted(entries - owned)
-    if foreign:
-        raise FileExistsError(
-            f"refusing to write expedite_videos into {root}: it holds files the generator did not "
-            f"write ({', '.join(foreign[:5])}). Choose an empty or new folder."
-        )
-    # The marker goes first, so a crash while clearing still leaves the folder marked incomplete.
-    for name in [COMPLETE_MARKER] + sorted(entries - {COMPLETE_MARKER}):
-        path = os.path.join(root, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+    _clear_owned_files(root, owned, "expedite_videos")
 
 
 def _write_split(root, split, num_videos, seed, frame_size):
@@ -293,7 +252,7 @@ def _write_split(root, split, num_videos, seed, frame_size):
     _write_json(
         os.path.join(root, f"{split}.json"),
         {"info": {"description": description}, "licenses": [], "videos": videos, "annotations": annotations,
-         "categories": [{key: c[key] for key in ("id", "name", "supercategory")} for c in THING_CATEGORIES]},
+         "categories": [_coco_category(c) for c in THING_CATEGORIES]},
     )
     returning = sum(_leaves_and_returns(a["segmentations"]) for a in annotations)
     return {"videos": len(videos), "frames": sum(v["length"] for v in videos), "tracks": len(annotations),
@@ -346,11 +305,7 @@ def _backdrop_frames(rng, length, height, width):
     zoom = max(height / photo_height, width / photo_width) / rng.uniform(0.4, 0.9)
     size = (max(round(photo_width * zoom), width), max(round(photo_height * zoom), height))
     scaled = cv2.resize(np.ascontiguousarray(photo), size, interpolation=cv2.INTER_AREA)
-    mean = scaled.mean()
-    scaled = (scaled - mean) * rng.uniform(0.75, 1.25) + mean * rng.uniform(0.8, 1.15)
-    if rng.random() < 0.3:
-        scaled = scaled * (0.6 + 0.4 * _random_colour(rng))
-    scaled = np.clip(scaled, 0, 1).astype(np.float32)
+    scaled = np.clip(_jitter_photo(rng, scaled), 0, 1).astype(np.float32)
 
     pan = rng.uniform(-_MAX_PAN, _MAX_PAN, size=2)  # (x, y) pixels / frame
     travel = pan * (length - 1)

@@ -20,8 +20,8 @@ class NonFiniteError(RuntimeError):
 
 
 def non_finite_fields(output: Mapping[str, Any]) -> List[str]:
-    """Names of the floating-point tensors of one image's predictions that hold NaN or inf, e.g.
-    ``["instances.pred_boxes", "sem_seg"]``."""
+    """Names of the floating-point tensors (and floats) of one input's predictions that hold NaN or
+    inf, e.g. ``["instances.pred_boxes", "sem_seg"]`` or, for a video, ``["pred_scores[3]"]``."""
     found = []
 
     def visit(name: str, value: Any) -> None:
@@ -35,15 +35,30 @@ def non_finite_fields(output: Mapping[str, Any]) -> List[str]:
                 visit(f"{name}[{index}]", child)
         elif torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
             found.append(name)
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append(name)
 
     for key, value in output.items():
         visit(key, value)
     return found
 
 
+def input_name(item: Mapping[str, Any]) -> str:
+    """How a message names one model input: an image by its file (else its id), a video by its id
+    and first frame file."""
+    if "file_name" in item:
+        return str(item["file_name"])
+    frames = item.get("file_names")
+    video = f"video {item['video_id']}" if "video_id" in item else None
+    if frames:
+        return f"{video or 'the video'} (first frame {frames[0]})"
+    return video or str(item.get("image_id", "an input image"))
+
+
 class FiniteOutputs(nn.Module):
-    """Wraps a detectron2 model for inference: each image's predictions are checked, and one
-    that holds NaN or inf raises :class:`NonFiniteError` naming the image and the fields."""
+    """Wraps a detectron2 model for inference: each input's (image's or video's) predictions are
+    checked, and one that holds NaN or inf raises :class:`NonFiniteError` naming the input and
+    the fields."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -51,12 +66,11 @@ class FiniteOutputs(nn.Module):
 
     def forward(self, inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         outputs = self.model(inputs)
-        for image, output in zip(inputs, outputs):
+        for item, output in zip(inputs, outputs):
             bad = non_finite_fields(output)
             if bad:
-                name = image.get("file_name", image.get("image_id", "an input image"))
                 raise NonFiniteError(
-                    f"the model's predictions for {name} hold NaN or inf ({', '.join(bad)}); "
+                    f"the model's predictions for {input_name(item)} hold NaN or inf ({', '.join(bad)}); "
                     f"check the token-reduction settings (e.g. temperatures) and the weights"
                 )
         return outputs

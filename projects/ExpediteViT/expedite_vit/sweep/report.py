@@ -196,9 +196,10 @@ def format_labelled_summary(summary: Mapping) -> str:
         lines.append(f"Auto-tune gap ({metric} of the best-agreement point minus the best {metric}, among the "
                      f"points at or above each target {SPEEDUP_MEASURES[summary['speedup_measure']][1]}):")
         for gap in summary["autotune_gaps"]:
+            count = gap["points_at_target"]
             lines.append(f"  >= {gap['target']:g}x: {gap['gap']:+.2f} (chosen {format_point(gap['chosen']['point'])}: "
                          f"{gap['chosen_metric']:.2f}; best {format_point(gap['best']['point'])}: "
-                         f"{gap['best_metric']:.2f}; {gap['points_at_target']} point{'s' * (gap['points_at_target'] != 1)})")
+                         f"{gap['best_metric']:.2f}; {count} point{'s' * (count != 1)})")
     return "\n".join(lines)
 
 

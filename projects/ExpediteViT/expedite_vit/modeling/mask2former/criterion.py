@@ -89,6 +89,11 @@ class SetCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
 
+    @staticmethod
+    def as_point_masks(masks: torch.Tensor) -> torch.Tensor:
+        """Matched (R, H, W) masks as the (R, 1, H, W) single-channel masks the points sample."""
+        return masks[:, None]
+
     def loss_labels(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
         logits = outputs["pred_logits"].float()  # (N, Q, K + 1)
         batch_idx, query_idx = _prediction_index(indices)
@@ -120,8 +125,8 @@ class SetCriterion(nn.Module):
         ).to(src_masks)
 
         # Normalized point coordinates make the two resolutions irrelevant.
-        src_masks = src_masks[:, None]
-        target_masks = target_masks[:, None]
+        src_masks = self.as_point_masks(src_masks)
+        target_masks = self.as_point_masks(target_masks)
         with torch.no_grad():
             point_coords = get_uncertain_point_coords_with_randomness(
                 src_masks,
@@ -197,6 +202,8 @@ def build_mask2former_criterion(
     train_num_points: int = 12544,
     oversample_ratio: float = 3.0,
     importance_sample_ratio: float = 0.75,
+    matcher_class: type = HungarianMatcher,
+    criterion_class: type = SetCriterion,
 ) -> SetCriterion:
     """
     The criterion of the official Mask2Former configs (defaults are theirs), with its matcher
@@ -205,8 +212,10 @@ def build_mask2former_criterion(
     Args:
         dec_layers: decoder rounds, as :class:`MultiScaleMaskedTransformerDecoder`'s
             ``dec_layers`` (YAML ``DEC_LAYERS`` minus one).
+        matcher_class, criterion_class: the matcher and the criterion to build, taking the
+            arguments of :class:`HungarianMatcher` and :class:`SetCriterion`.
     """
-    matcher = HungarianMatcher(
+    matcher = matcher_class(
         cost_class=class_weight,
         cost_mask=mask_weight,
         cost_dice=dice_weight,
@@ -217,7 +226,7 @@ def build_mask2former_criterion(
     if deep_supervision:
         for i in range(dec_layers):
             weight_dict.update({f"{k}_{i}": v for k, v in base_weights.items()})
-    return SetCriterion(
+    return criterion_class(
         num_classes,
         matcher=matcher,
         weight_dict=weight_dict,

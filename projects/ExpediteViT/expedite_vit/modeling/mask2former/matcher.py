@@ -72,6 +72,11 @@ class HungarianMatcher(nn.Module):
         self.cost_dice = cost_dice
         self.num_points = num_points
 
+    @staticmethod
+    def as_channels(masks: torch.Tensor) -> torch.Tensor:
+        """(R, H, W) masks as (R, 1, H, W): one channel of points per mask."""
+        return masks[:, None]
+
     @torch.no_grad()
     def cost_matrix(
         self,
@@ -98,13 +103,14 @@ class HungarianMatcher(nn.Module):
         cost_class = -pred_logits.float().softmax(-1)[:, tgt_labels]
 
         points = point_coords[None].to(pred_masks.dtype)
-        pred_points = point_sample(
-            pred_masks[:, None], points.expand(pred_masks.shape[0], -1, -1), align_corners=False
-        )
-        tgt = tgt_masks[:, None].to(pred_masks.dtype)
-        tgt_points = point_sample(tgt, points.expand(tgt.shape[0], -1, -1), align_corners=False)
-        pred_points = pred_points[:, 0].float()
-        tgt_points = tgt_points[:, 0].float()
+
+        def sample(masks: torch.Tensor) -> torch.Tensor:
+            # (R, C, H, W) -> (R, C * P): the channels are sampled at the same points.
+            samples = point_sample(masks, points.expand(masks.shape[0], -1, -1), align_corners=False)
+            return samples.flatten(1).float()
+
+        pred_points = sample(self.as_channels(pred_masks))
+        tgt_points = sample(self.as_channels(tgt_masks).to(pred_masks.dtype))
 
         # Sums over thousands of points: keep them in float32 under mixed precision.
         with torch.autocast(device_type=pred_masks.device.type, enabled=False):

@@ -66,7 +66,7 @@ from .legacy_keys import rename_legacy_keys
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MultiScaleMaskedTransformerDecoder
 
-__all__ = ["MaskFormerHead", "MaskFormer", "build_mask2former_head"]
+__all__ = ["MaskFormerHead", "MaskClassificationModel", "MaskFormer", "build_mask2former_head"]
 
 
 class MaskFormerHead(nn.Module):
@@ -127,6 +127,7 @@ def build_mask2former_head(
     common_stride: int = 4,
     norm: str = "GN",
     enforce_input_project: bool = False,
+    predictor_class: type = MultiScaleMaskedTransformerDecoder,
 ) -> MaskFormerHead:
     """
     The head of the official Mask2Former configs (defaults are theirs; the Swin-L COCO models
@@ -138,6 +139,8 @@ def build_mask2former_head(
         dec_layers: decoder rounds: YAML ``DEC_LAYERS`` minus one.
         enc_layers: deformable encoder layers (YAML ``TRANSFORMER_ENC_LAYERS``).
         enc_dim_feedforward: FFN width of the deformable encoder (fixed to 1024 upstream).
+        predictor_class: the transformer decoder (``sem_seg_head.predictor``); it takes the
+            arguments of :class:`MultiScaleMaskedTransformerDecoder`.
     """
     pixel_decoder = MSDeformAttnPixelDecoder(
         input_shape,
@@ -150,7 +153,7 @@ def build_mask2former_head(
         transformer_nheads=nheads,
         transformer_dim_feedforward=enc_dim_feedforward,
     )
-    predictor = MultiScaleMaskedTransformerDecoder(
+    predictor = predictor_class(
         conv_dim,
         num_classes=num_classes,
         hidden_dim=hidden_dim,
@@ -164,11 +167,10 @@ def build_mask2former_head(
     return MaskFormerHead(pixel_decoder=pixel_decoder, predictor=predictor)
 
 
-class MaskFormer(nn.Module):
+class MaskClassificationModel(nn.Module):
     """
-    Mask classification segmentation: ``backbone`` -> ``sem_seg_head`` predicts Q (class, mask)
-    pairs; training returns the weighted losses of ``criterion``; inference turns the pairs into
-    semantic, panoptic and/or instance results in the formats of detectron2's evaluators.
+    What :class:`MaskFormer` and the video model share: ``backbone`` -> ``sem_seg_head``, the
+    ``criterion`` whose ``weight_dict`` weighs the training losses, and the input normalization.
     """
 
     def __init__(
@@ -178,37 +180,20 @@ class MaskFormer(nn.Module):
         sem_seg_head: MaskFormerHead,
         criterion: nn.Module,
         num_queries: int,
-        object_mask_threshold: float,
-        overlap_threshold: float,
-        metadata=None,
-        size_divisibility: int = 32,
-        sem_seg_postprocess_before_inference: Optional[bool] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        semantic_on: bool = True,
-        panoptic_on: bool = False,
-        instance_on: bool = False,
-        test_topk_per_image: int = 100,
+        size_divisibility: int = 32,
     ):
         """
         Args:
-            backbone: module mapping (N, 3, H, W) images to a dict of feature maps.
+            backbone: module mapping (N, 3, H, W) images (or frames) to a dict of feature maps.
             sem_seg_head: a :class:`MaskFormerHead`.
-            criterion: a :class:`SetCriterion` (its ``weight_dict`` weighs and filters losses).
-            num_queries: number of queries of the head.
-            object_mask_threshold: panoptic: drop queries whose class score is not above this.
-            overlap_threshold: panoptic: drop a segment when less than this fraction of its
-                mask survives the per-pixel argmax.
-            metadata: dataset metadata; panoptic and instance+panoptic inference need
-                ``thing_dataset_id_to_contiguous_id``.
-            size_divisibility: pad images to a multiple of this; negative means the backbone's
-                ``size_divisibility``.
-            sem_seg_postprocess_before_inference: resize masks to the output size before
-                combining them (required, and the default, when panoptic or instance inference
-                is on; combining first is cheaper for semantic-only inference).
+            criterion: the training losses (a :class:`SetCriterion`); its ``weight_dict`` weighs
+                and filters them. Also holds ``criterion.empty_weight``, part of the checkpoints.
+            num_queries: number of queries of the head (checked against it).
             pixel_mean, pixel_std: per-channel input normalization.
-            semantic_on, panoptic_on, instance_on: which results inference returns.
-            test_topk_per_image: instance inference keeps this many (query, class) pairs.
+            size_divisibility: pad inputs to a multiple of this; negative means the backbone's
+                ``size_divisibility``.
         """
         super().__init__()
         self.backbone = backbone
@@ -221,21 +206,9 @@ class MaskFormer(nn.Module):
                 f"{sem_seg_head.predictor.num_queries} queries"
             )
         self.num_queries = num_queries
-        self.object_mask_threshold = object_mask_threshold
-        self.overlap_threshold = overlap_threshold
-        self.metadata = metadata
         if size_divisibility < 0:
             size_divisibility = self.backbone.size_divisibility
         self.size_divisibility = size_divisibility
-
-        needs_full_resolution = panoptic_on or instance_on
-        if sem_seg_postprocess_before_inference is None:
-            sem_seg_postprocess_before_inference = needs_full_resolution
-        elif needs_full_resolution and not sem_seg_postprocess_before_inference:
-            raise ValueError(
-                "panoptic and instance inference need sem_seg_postprocess_before_inference=True"
-            )
-        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
 
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(
@@ -248,11 +221,6 @@ class MaskFormer(nn.Module):
             "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False
         )
 
-        self.semantic_on = semantic_on
-        self.panoptic_on = panoptic_on
-        self.instance_on = instance_on
-        self.test_topk_per_image = test_topk_per_image
-
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
@@ -260,6 +228,91 @@ class MaskFormer(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.sem_seg_head.num_classes
+
+    def top_query_classes(
+        self, mask_cls: torch.Tensor, k: int, sorted: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        The ``k`` (query, class) pairs of highest class probability ("no object" aside); a query
+        may appear with several classes.
+
+        Args:
+            mask_cls: (Q, K + 1) logits.
+            sorted: return the pairs by decreasing probability (else in no set order).
+
+        Returns:
+            probabilities, class ids and query indices, each (min(k, Q * K),).
+        """
+        num_classes = self.num_classes
+        scores = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
+        top_scores, top_indices = scores.flatten().topk(min(k, scores.numel()), sorted=sorted)
+        labels = top_indices % num_classes
+        queries = torch.div(top_indices, num_classes, rounding_mode="floor")
+        return top_scores, labels, queries
+
+    def weighted_losses(
+        self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]
+    ) -> Dict[str, torch.Tensor]:
+        """The criterion's losses times their ``weight_dict`` weights."""
+        losses = self.criterion(outputs, targets)
+        weights = self.criterion.weight_dict
+        # Losses without a weight (e.g. auxiliary ones without deep supervision) are dropped.
+        return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+
+class MaskFormer(MaskClassificationModel):
+    """
+    Mask classification segmentation: ``backbone`` -> ``sem_seg_head`` predicts Q (class, mask)
+    pairs; training returns the weighted losses of ``criterion``; inference turns the pairs into
+    semantic, panoptic and/or instance results in the formats of detectron2's evaluators.
+    """
+
+    def __init__(
+        self,
+        *,
+        object_mask_threshold: float,
+        overlap_threshold: float,
+        metadata=None,
+        sem_seg_postprocess_before_inference: Optional[bool] = None,
+        semantic_on: bool = True,
+        panoptic_on: bool = False,
+        instance_on: bool = False,
+        test_topk_per_image: int = 100,
+        **kwargs,
+    ):
+        """
+        Args:
+            kwargs: those of :class:`MaskClassificationModel`: backbone, sem_seg_head,
+                criterion, num_queries, pixel_mean, pixel_std, size_divisibility.
+            object_mask_threshold: panoptic: drop queries whose class score is not above this.
+            overlap_threshold: panoptic: drop a segment when less than this fraction of its
+                mask survives the per-pixel argmax.
+            metadata: dataset metadata; panoptic and instance+panoptic inference need
+                ``thing_dataset_id_to_contiguous_id``.
+            sem_seg_postprocess_before_inference: resize masks to the output size before
+                combining them (required, and the default, when panoptic or instance inference
+                is on; combining first is cheaper for semantic-only inference).
+            semantic_on, panoptic_on, instance_on: which results inference returns.
+            test_topk_per_image: instance inference keeps this many (query, class) pairs.
+        """
+        super().__init__(**kwargs)
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.metadata = metadata
+
+        needs_full_resolution = panoptic_on or instance_on
+        if sem_seg_postprocess_before_inference is None:
+            sem_seg_postprocess_before_inference = needs_full_resolution
+        elif needs_full_resolution and not sem_seg_postprocess_before_inference:
+            raise ValueError(
+                "panoptic and instance inference need sem_seg_postprocess_before_inference=True"
+            )
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
+
+        self.semantic_on = semantic_on
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.test_topk_per_image = test_topk_per_image
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalize and pad the (C, H, W) images into one (N, C, H', W') batch."""
@@ -299,10 +352,7 @@ class MaskFormer(nn.Module):
             targets = self.prepare_targets(
                 [x["instances"].to(self.device) for x in batched_inputs], images
             )
-            losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict
-            # Losses without a weight (e.g. auxiliary ones without deep supervision) are dropped.
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+            return self.weighted_losses(outputs, targets)
 
         mask_cls_results = outputs["pred_logits"]
         # Masks come at stride 4; bring them to the padded input size.
@@ -444,12 +494,9 @@ class MaskFormer(nn.Module):
             mask_cls: (Q, K + 1) logits; mask_pred: (Q, H, W) logits at output resolution.
         """
         image_size = mask_pred.shape[-2:]
-        num_classes = self.num_classes
-        scores = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
-        topk = min(self.test_topk_per_image, scores.numel())
-        scores_per_image, topk_indices = scores.flatten().topk(topk, sorted=False)
-        labels_per_image = topk_indices % num_classes
-        query_indices = torch.div(topk_indices, num_classes, rounding_mode="floor")
+        scores_per_image, labels_per_image, query_indices = self.top_query_classes(
+            mask_cls, self.test_topk_per_image, sorted=False
+        )
         mask_pred = mask_pred[query_indices]
 
         if self.panoptic_on:

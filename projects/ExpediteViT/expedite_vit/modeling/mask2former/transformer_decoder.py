@@ -6,7 +6,7 @@ Sequences inside the decoder are laid out (length, batch, channels), the layout 
 """
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -304,6 +304,32 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, batch_size, -1)
         output = self.query_feat.weight.unsqueeze(1).expand(-1, batch_size, -1)
 
+        return self.decode(output, query_pos, srcs, pos, sizes, mask_features)
+
+    def decode(
+        self,
+        output: torch.Tensor,
+        query_pos: torch.Tensor,
+        srcs: List[torch.Tensor],
+        pos: List[torch.Tensor],
+        sizes: List[Tuple[int, int]],
+        mask_features: torch.Tensor,
+        keep_aux: bool = True,
+    ) -> Dict:
+        """
+        The decoder rounds and the predictions after each.
+
+        Args:
+            output, query_pos: (Q, N, C) initial query features and query positions.
+            srcs, pos: per feature level, (L_l, N, C) memory tokens and their positions.
+            sizes: per feature level, its (h, w) (the attention masks are resized to it).
+            mask_features: the per-pixel embeddings :meth:`forward_prediction_heads` takes.
+            keep_aux: keep the predictions made before the last round ("aux_outputs"); without,
+                only the last one is kept alive.
+
+        Returns:
+            dict with "pred_logits", "pred_masks" and "aux_outputs" (see :meth:`forward`).
+        """
         predictions_class, predictions_mask = [], []
         outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
             output, mask_features, sizes[0]
@@ -322,6 +348,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
                 output, mask_features, sizes[(i + 1) % self.num_feature_levels]
             )
+            if not keep_aux:
+                predictions_class.clear()
+                predictions_mask.clear()
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
 
@@ -356,9 +385,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         attn_mask = F.interpolate(
             outputs_mask, size=attn_mask_size, mode="bilinear", align_corners=False
         )
-        attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
+        return outputs_class, outputs_mask, self.blocked_attention(attn_mask.flatten(2))
+
+    def blocked_attention(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            mask_logits: (N, Q, L) mask logits at the L tokens the next round attends to.
+
+        Returns:
+            (N * nheads, Q, L) bool, detached: True where attention is blocked (background).
+        """
+        attn_mask = mask_logits.sigmoid() < 0.5
         # A query whose mask is empty at this level would attend to nothing (NaN softmax);
         # let it attend everywhere instead.
         attn_mask[attn_mask.all(-1)] = False
         attn_mask = attn_mask.unsqueeze(1).expand(-1, self.num_heads, -1, -1).flatten(0, 1)
-        return outputs_class, outputs_mask, attn_mask.detach()
+        return attn_mask.detach()

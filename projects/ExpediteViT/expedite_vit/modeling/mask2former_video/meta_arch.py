@@ -9,70 +9,37 @@ import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from detectron2.layers import ShapeSpec
 from detectron2.structures import BitMasks
 from detectron2.utils.memory import retry_if_cuda_oom
 
-from ..mask2former.meta_arch import MaskFormerHead
-from ..mask2former.pixel_decoder import MSDeformAttnPixelDecoder
+from ..mask2former.meta_arch import MaskClassificationModel, MaskFormerHead, build_mask2former_head
 from .transformer_decoder import VideoMultiScaleMaskedTransformerDecoder
 
 __all__ = ["VideoMaskFormer", "build_video_mask2former_head"]
 
 
 def build_video_mask2former_head(
-    input_shape: Mapping[str, ShapeSpec],
-    num_classes: int,
-    *,
-    num_queries: int = 100,
-    hidden_dim: int = 256,
-    conv_dim: int = 256,
-    mask_dim: int = 256,
-    nheads: int = 8,
-    dim_feedforward: int = 2048,
-    dec_layers: int = 9,
-    enc_layers: int = 6,
-    enc_dim_feedforward: int = 1024,
-    transformer_in_features: Sequence[str] = ("res3", "res4", "res5"),
-    common_stride: int = 4,
-    norm: str = "GN",
-    enforce_input_project: bool = False,
+    input_shape: Mapping[str, ShapeSpec], num_classes: int, **kwargs
 ) -> MaskFormerHead:
     """
     The head of the official Mask2Former-VIS configs: the image model's pixel decoder and a
-    :class:`VideoMultiScaleMaskedTransformerDecoder` (``sem_seg_head.predictor``). Arguments and
-    defaults are those of :func:`expedite_vit.modeling.mask2former.build_mask2former_head`
-    (YouTube-VIS: ``num_classes=40``; Swin-L ``num_queries=200``).
+    :class:`VideoMultiScaleMaskedTransformerDecoder` (``sem_seg_head.predictor``). Keyword
+    arguments and defaults are those of
+    :func:`expedite_vit.modeling.mask2former.build_mask2former_head` (YouTube-VIS:
+    ``num_classes=40``; Swin-L ``num_queries=200``).
     """
-    pixel_decoder = MSDeformAttnPixelDecoder(
+    return build_mask2former_head(
         input_shape,
-        conv_dim=conv_dim,
-        mask_dim=mask_dim,
-        norm=norm,
-        transformer_in_features=transformer_in_features,
-        common_stride=common_stride,
-        transformer_enc_layers=enc_layers,
-        transformer_nheads=nheads,
-        transformer_dim_feedforward=enc_dim_feedforward,
+        num_classes,
+        predictor_class=VideoMultiScaleMaskedTransformerDecoder,
+        **kwargs,
     )
-    predictor = VideoMultiScaleMaskedTransformerDecoder(
-        conv_dim,
-        num_classes=num_classes,
-        hidden_dim=hidden_dim,
-        num_queries=num_queries,
-        nheads=nheads,
-        dim_feedforward=dim_feedforward,
-        dec_layers=dec_layers,
-        mask_dim=mask_dim,
-        enforce_input_project=enforce_input_project,
-    )
-    return MaskFormerHead(pixel_decoder=pixel_decoder, predictor=predictor)
 
 
-class VideoMaskFormer(nn.Module):
+class VideoMaskFormer(MaskClassificationModel):
     """
     Offline video instance segmentation: every frame of a video goes through ``backbone`` and the
     pixel decoder of ``sem_seg_head`` (``frame_chunk`` frames at a time), then its video decoder
@@ -88,76 +55,35 @@ class VideoMaskFormer(nn.Module):
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        sem_seg_head: MaskFormerHead,
-        criterion: nn.Module,
-        num_queries: int,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        size_divisibility: int = 32,
         frame_chunk: Optional[int] = None,
         test_topk_per_video: int = 10,
+        **kwargs,
     ):
         """
         Args:
-            backbone: module mapping (N, 3, H, W) frames to a dict of feature maps.
-            sem_seg_head: a :class:`MaskFormerHead` whose predictor is a
-                :class:`VideoMultiScaleMaskedTransformerDecoder`
-                (:func:`build_video_mask2former_head`).
-            criterion: training losses over mask tubes; its ``weight_dict`` weighs and filters
-                them. Also holds ``criterion.empty_weight``, part of the official checkpoints.
-            num_queries: number of queries of the head (checked against it).
-            pixel_mean, pixel_std: per-channel input normalization.
-            size_divisibility: pad frames to a multiple of this; negative means the backbone's
-                ``size_divisibility``.
+            kwargs: those of :class:`MaskClassificationModel`: backbone (run on (N, 3, H, W)
+                frames), sem_seg_head (its predictor a
+                :class:`VideoMultiScaleMaskedTransformerDecoder`:
+                :func:`build_video_mask2former_head`), criterion (losses over mask tubes),
+                num_queries, pixel_mean, pixel_std, size_divisibility (frames are padded).
             frame_chunk: frames per pass through the backbone and pixel decoder; None: all frames
                 of the batch in one pass.
             test_topk_per_video: inference keeps this many (query, class) pairs (10 upstream).
         """
-        super().__init__()
-        if not isinstance(sem_seg_head.predictor, VideoMultiScaleMaskedTransformerDecoder):
-            raise TypeError(
-                "VideoMaskFormer needs a VideoMultiScaleMaskedTransformerDecoder as "
-                f"sem_seg_head.predictor, got {type(sem_seg_head.predictor).__name__}"
-            )
-        if sem_seg_head.predictor.num_queries != num_queries:
-            raise ValueError(
-                f"num_queries={num_queries} but the head has "
-                f"{sem_seg_head.predictor.num_queries} queries"
-            )
         if frame_chunk is not None and (isinstance(frame_chunk, bool) or int(frame_chunk) != frame_chunk
                                         or frame_chunk < 1):
             raise ValueError(f"frame_chunk must be None or an integer >= 1, got {frame_chunk!r}")
         if test_topk_per_video < 1:
             raise ValueError(f"test_topk_per_video must be >= 1, got {test_topk_per_video}")
-        self.backbone = backbone
-        self.sem_seg_head = sem_seg_head
-        self.criterion = criterion
-        self.num_queries = num_queries
-        if size_divisibility < 0:
-            size_divisibility = self.backbone.size_divisibility
-        self.size_divisibility = size_divisibility
+        super().__init__(**kwargs)
+        predictor = self.sem_seg_head.predictor
+        if not isinstance(predictor, VideoMultiScaleMaskedTransformerDecoder):
+            raise TypeError(
+                "VideoMaskFormer needs a VideoMultiScaleMaskedTransformerDecoder as "
+                f"sem_seg_head.predictor, got {type(predictor).__name__}"
+            )
         self.frame_chunk = None if frame_chunk is None else int(frame_chunk)
         self.test_topk_per_video = test_topk_per_video
-
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(
-                f"pixel_mean {list(pixel_mean)} and pixel_std {list(pixel_std)} differ in length"
-            )
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False
-        )
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
-    def num_classes(self) -> int:
-        return self.sem_seg_head.num_classes
 
     def _frames(self, batched_inputs: List[Dict]) -> Tuple[List[torch.Tensor], int]:
         """All frames of the batch, videos in order, and the frame count T every video has."""
@@ -264,10 +190,7 @@ class VideoMaskFormer(nn.Module):
             if any("instances" not in video for video in batched_inputs):
                 raise ValueError("training needs 'instances' (gt_classes, gt_masks) in every video")
             targets = self.prepare_targets(batched_inputs, num_frames, padded_size)
-            losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict
-            # Losses without a weight (e.g. auxiliary ones without deep supervision) are dropped.
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+            return self.weighted_losses(outputs, targets)
 
         video = batched_inputs[0]
         image_size = tuple(frames[0].shape[-2:])
@@ -324,13 +247,10 @@ class VideoMaskFormer(nn.Module):
         Returns:
             the per-video output dict of :meth:`forward`.
         """
-        num_classes = self.num_classes
-        scores = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
-        topk = min(self.test_topk_per_video, scores.numel())
         # Sorted, so the output order does not depend on the device.
-        top_scores, top_indices = scores.flatten().topk(topk, sorted=True)
-        labels = top_indices % num_classes
-        queries = torch.div(top_indices, num_classes, rounding_mode="floor")
+        top_scores, labels, queries = self.top_query_classes(
+            mask_cls, self.test_topk_per_video, sorted=True
+        )
 
         masks = []
         for query in queries.tolist():

@@ -6,14 +6,12 @@ parameters are the image decoder's (same names, same shapes), so official YouTub
 load into it unchanged; only ``forward`` differs.
 """
 
-import math
 from typing import Dict, List, Tuple
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from ..mask2former.transformer_decoder import MultiScaleMaskedTransformerDecoder
+from ..mask2former.transformer_decoder import MultiScaleMaskedTransformerDecoder, PositionEmbeddingSine
 
 __all__ = ["PositionEmbeddingSine3D", "VideoMultiScaleMaskedTransformerDecoder"]
 
@@ -32,25 +30,16 @@ def _sine_encoding(coords: torch.Tensor, num_feats: int, temperature: float) -> 
     return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=-1).flatten(1)
 
 
-class PositionEmbeddingSine3D(nn.Module):
+class PositionEmbeddingSine3D(PositionEmbeddingSine):
     """
     The 2-D sine encoding of (y, x) plus a sine encoding of time, as Mask2Former-VIS computes it.
 
     Coordinates of every axis are normalized to (0, scale], time by the clip length: the encoding of
     frame t depends on T, so a sub-clip is encoded differently from the same frames in a longer clip.
     The time term has ``2 * num_pos_feats`` channels with its own frequency schedule over them, and
-    is *added* to the concatenated (y, x) encoding. No parameters, no buffers.
+    is *added* to the concatenated (y, x) encoding. No parameters, no buffers; the constructor
+    is :class:`PositionEmbeddingSine`'s.
     """
-
-    def __init__(
-        self, num_pos_feats: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi
-    ):
-        super().__init__()
-        if num_pos_feats % 2 != 0:
-            raise ValueError(f"num_pos_feats must be even, got {num_pos_feats}")
-        self.num_pos_feats = num_pos_feats
-        self.temperature = temperature
-        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -144,38 +133,10 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, b, -1)
         output = self.query_feat.weight.unsqueeze(1).expand(-1, b, -1)
 
-        predictions_class, predictions_mask = [], []
-        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-            output, mask_features, sizes[0]
+        # Outside training only the last round's predictions are kept (see "aux_outputs").
+        return self.decode(
+            output, query_pos, srcs, pos, sizes, mask_features, keep_aux=self.training
         )
-        predictions_class.append(outputs_class)
-        predictions_mask.append(outputs_mask)
-
-        for i in range(self.num_layers):
-            level = i % self.num_feature_levels
-            output = self.transformer_cross_attention_layers[i](
-                output, srcs[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_pos
-            )
-            output = self.transformer_self_attention_layers[i](output, query_pos=query_pos)
-            output = self.transformer_ffn_layers[i](output)
-
-            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
-            )
-            if not self.training:
-                predictions_class.clear()
-                predictions_mask.clear()
-            predictions_class.append(outputs_class)
-            predictions_mask.append(outputs_mask)
-
-        return {
-            "pred_logits": predictions_class[-1],
-            "pred_masks": predictions_mask[-1],
-            "aux_outputs": [
-                {"pred_logits": c, "pred_masks": m}
-                for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
-            ],
-        }
 
     def forward_prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_size: Tuple[int, int]
@@ -201,9 +162,4 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
         attn_mask = F.interpolate(
             outputs_mask.flatten(0, 1), size=attn_mask_size, mode="bilinear", align_corners=False
         )
-        attn_mask = attn_mask.view(b, q, -1).sigmoid() < 0.5
-        # A query whose tube is empty at this level would attend to nothing (NaN softmax); let it
-        # attend everywhere instead.
-        attn_mask[attn_mask.all(-1)] = False
-        attn_mask = attn_mask.unsqueeze(1).expand(-1, self.num_heads, -1, -1).flatten(0, 1)
-        return outputs_class, outputs_mask, attn_mask.detach()
+        return outputs_class, outputs_mask, self.blocked_attention(attn_mask.view(b, q, -1))
