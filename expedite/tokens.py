@@ -365,6 +365,10 @@ def run_token_block(
     if proportional_attention:
         key_bias = key_bias + torch.where(excluded, torch.zeros_like(tokens.size), tokens.size.clamp_min(1).log())
 
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        """(B, G, T, ...) -> (B, G * T, ...): the image's tokens in one row, for regrouping."""
+        return t.reshape(batch, num_groups * slots, *t.shape[3:])
+
     y = block.norm1(tokens.x)
     if block.window > 0:
         y = y.masked_fill(tokens.padding[..., None], 0)
@@ -374,7 +378,6 @@ def run_token_block(
         windows_per_row = tokens.padded_size[1] // block.window
         window_id = (cell[..., 0] * windows_per_row + cell[..., 1]).reshape(batch, -1)
         packing = _Packing(window_id, tokens.occupied.reshape(batch, -1), num_groups)
-        flat = lambda t: t.reshape(batch, num_groups * slots, *t.shape[3:])  # noqa: E731
         label = flat(region[..., 0] * 3 + region[..., 1])
         label = packing.pack(label, -1)
         pair_bias = torch.where(label[:, :, None] == label[:, None, :], 0.0, block.region_logit)
@@ -390,7 +393,6 @@ def run_token_block(
                                key_bias.reshape(groups, -1), None, tokens.occupied.reshape(groups, -1))
     else:
         # Global: over the real tokens of each image, packed together (no padding, no empty slots).
-        flat = lambda t: t.reshape(batch, num_groups * slots, *t.shape[3:])  # noqa: E731
         include = tokens.mergeable.reshape(batch, -1)
         packing = _Packing(torch.zeros_like(include, dtype=torch.long), include, 1)
         out, keys = _attention(block, packing.pack(flat(y)), packing.pack(flat(tokens.pos)),

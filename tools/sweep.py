@@ -172,7 +172,7 @@ def write_outputs(args, settings, sweep, records, chosen=None) -> None:
     images = f"images of {args.dataset}" if args.dataset else "images"
     plot_sweep(
         records, os.path.join(args.output, "sweep.png"), measure=args.speedup_measure, y_key=y_key,
-        y_label=y_label, title=f"{args.config_file}: {len(records)} points, {settings.num_images} {images}",
+        y_label=y_label, title=f"{os.path.basename(args.config_file)}: {len(records)} points, {settings.num_images} {images}",
         baseline_y=baseline_y, published=args.published, target=args.target_speedup, chosen=chosen,
     )
 

@@ -15,13 +15,18 @@ VITDET_EXPEDITE_PRESETS = {
             reconstruct_temperature=0.01, normalize="sum", implementation="default",
         ),
     ),
-    # 1490.4 -> 716.6 GFLOPs, 2.08x.
+    # 1490.4 -> 716.6 GFLOPs, 2.08x. ToMe at the same FLOPs: r=31 (716.5, 2.08x; CPU backbone
+    # latency 1.96x). AiluRus: 16 anchors per window, every token within the 5x5 neighbourhood of
+    # one merging (threshold -1, so the cut does not depend on the weights): 856.9, 1.74x (CPU
+    # latency 1.96x). method=ailurus or tome switches to them (BENCHMARKS.md).
     "large": dict(
         enabled=True, method="expedit", location=8,
         expedit=dict(
             grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
             reconstruct_temperature=0.01, normalize="sum", implementation="default",
         ),
+        ailurus=dict(budget=16, neighbourhood=5, density_k=5, threshold=-1.0),
+        tome=dict(r=31),
     ),
     # 2978.5 -> 1449.7 GFLOPs, 2.05x.
     "huge": dict(
