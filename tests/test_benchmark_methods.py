@@ -58,3 +58,11 @@ def test_match_flops_needs_methods(capsys):
     with pytest.raises(SystemExit):
         load_tool().main(["--config-file", str(TINY_CONFIG), "--match-flops"])
     assert "--match-flops needs --methods" in capsys.readouterr().err
+
+
+def test_match_only_prints_the_matched_settings(tiny_coco_dir, capsys):  # noqa: F811
+    argv = ["--config-file", str(TINY_CONFIG), "--num-images", "1", "--methods", "expedit,tome", "--match-flops",
+            "--match-only"]
+    assert load_tool().main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| tome" in table and "r=" in table and "yes" in table

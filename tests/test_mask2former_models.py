@@ -150,14 +150,14 @@ def test_published_expedite_presets(config):
 
 def test_presets_are_complete_expedite_configs():
     # One home, one style: each preset names every common ExpediteConfig field and every
-    # setting of its method (Expedit).
+    # setting of its method (Expedit); the other methods' presets, where measured, are partial.
     from conftest import COMMON_SETTINGS
     from expedite import ExpediteConfig, ExpeditSettings
 
     presets = LazyConfig.load(str(CONFIGS / "common" / "models.py")).SWIN_LARGE_EXPEDITE_PRESETS
     assert set(presets) == {"coco_panoptic", "coco_instance", "ade20k_semantic"}
     for name, preset in presets.items():
-        assert set(preset) == {*COMMON_SETTINGS, "expedit"}, name
+        assert {*COMMON_SETTINGS, "expedit"} <= set(preset) <= {*COMMON_SETTINGS, "expedit", "ailurus", "tome"}, name
         assert preset["method"] == "expedit", name
         assert set(preset["expedit"]) == set(ExpeditSettings.setting_names()), name
         ExpediteConfig(**preset)

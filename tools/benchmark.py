@@ -29,7 +29,13 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from expedite_vit.benchmark import BenchmarkSettings, format_table, markdown_section, run_benchmark
-from expedite_vit.benchmark.methods import format_method_table, match_backbone_flops, method_points, parse_methods
+from expedite_vit.benchmark.methods import (
+    format_matching,
+    format_method_table,
+    match_backbone_flops,
+    method_points,
+    parse_methods,
+)
 from expedite_vit.benchmark.report import check_output_path, write_json, write_markdown
 from expedite_vit.benchmark.runner import AMP_DTYPES, resolve_num_images
 from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config
@@ -66,6 +72,8 @@ def parse_args(argv=None):
     add("--methods", metavar="LIST", help="compare these methods (comma-separated: expedit,ailurus,tome)")
     add("--match-flops", action="store_true",
         help="with --methods: set each method's budget to the first method's backbone FLOPs ratio")
+    add("--match-only", action="store_true",
+        help="with --match-flops: print the matched settings (backbone FLOPs only) and stop")
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides, key=value")
     args = parser.parse_args(argv)
     args.input, trailing_opts = split_trailing_overrides(args.input)
@@ -86,6 +94,11 @@ def compare_methods(parser, args, cfg, settings, methods, command: str) -> int:
     logger = logging.getLogger("expedite_vit")
     try:
         matching = match_backbone_flops(cfg, settings, methods) if args.match_flops else None
+        if args.match_only:
+            print(format_matching(matching))
+            if args.output_json:
+                write_json({"command": command, "matching": matching}, args.output_json)
+            return 0
         points = [matching[m]["point"] for m in methods] if matching else method_points(methods)
         results = list(measure_points(cfg, settings, points))
     except (*USER_ERRORS, OSError) as error:
@@ -122,6 +135,8 @@ def main(argv=None) -> int:
         methods = parse_methods(args.methods) if args.methods else None
         if args.match_flops and not methods:
             raise ValueError("--match-flops needs --methods")
+        if args.match_only and not args.match_flops:
+            raise ValueError("--match-only needs --match-flops")
         cfg = load_checked_config(args.config_file, args.opts, device=args.device)
         settings = resolve_num_images(settings)  # the config registers datasets: after loading it
         points = method_points(methods) if methods else None

@@ -28,7 +28,14 @@ from ..runtime.models import backbone_modules, build_model
 from .flops import count_flops
 from .runner import BenchmarkSettings, load_inputs
 
-__all__ = ["BUDGET_SETTINGS", "format_method_table", "match_backbone_flops", "method_points", "parse_methods"]
+__all__ = [
+    "BUDGET_SETTINGS",
+    "format_matching",
+    "format_method_table",
+    "match_backbone_flops",
+    "method_points",
+    "parse_methods",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +195,16 @@ def match_backbone_flops(
 def method_points(methods: Sequence[str]) -> List[Dict]:
     """Each method at the settings the config holds for it."""
     return [{"method": method} for method in methods]
+
+
+def format_matching(matched: Mapping[str, Mapping]) -> str:
+    """One row per method: the settings found and the backbone FLOPs ratio they reach."""
+    rows = [
+        [method, " ".join(f"{k}={v}" for k, v in m["point"].items() if k != "method") or "(preset)",
+         f"{m['flops_ratio']:.3f}x", f"{m['target']:.3f}x", "yes" if m["matched"] else "no"]
+        for method, m in matched.items()
+    ]
+    return tabulate(rows, headers=["method", "settings", "backbone FLOPs", "target", "within 5%"], tablefmt="pipe")
 
 
 def _fmt(value, spec: str) -> str:
