@@ -31,7 +31,7 @@ import tqdm
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
-from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config
+from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config, tool_parser
 from expedite_vit.runtime.config import ConfigError
 from expedite_vit.runtime.inputs import (
     ImageInputError,
@@ -65,13 +65,8 @@ MAX_DRAW_SIZE = 1600
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog=os.path.basename(__file__),
-        description=__doc__.strip().split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__file__, __doc__)
     add = parser.add_argument
-    add("--config-file", required=True, metavar="FILE", help="LazyConfig of the model")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files or globs, e.g. 'photos/*.jpg'")
     source.add_argument("--video-input", metavar="FILE", help="a video file")

@@ -1,7 +1,6 @@
 """tools/benchmark.py and expedite_vit.benchmark on the tiny ViTDet config (CPU, a few seconds)."""
 import importlib.util
 import json
-import os
 import shlex
 
 import numpy as np
@@ -40,13 +39,9 @@ def tiny_coco_dir(tmp_path_factory):
     rng = np.random.default_rng(0)
     _write_coco_split(dataset_dir, "train.json", range(1, 2), rng)
     _write_coco_split(dataset_dir, "val.json", range(5, 7), rng)
-    previous = os.environ.get(TINY_COCO_ENV)
-    os.environ[TINY_COCO_ENV] = str(dataset_dir)
-    yield dataset_dir
-    if previous is None:
-        del os.environ[TINY_COCO_ENV]
-    else:
-        os.environ[TINY_COCO_ENV] = previous
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(TINY_COCO_ENV, str(dataset_dir))
+        yield dataset_dir
 
 
 @pytest.fixture(scope="module")

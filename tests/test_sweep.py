@@ -8,7 +8,6 @@ import math
 import random
 import shutil
 
-import numpy as np
 import pytest
 from detectron2.config import LazyConfig
 from PIL import Image
@@ -35,7 +34,8 @@ from expedite_vit.sweep.report import (
     rank_correlation,
     spearman,
 )
-from test_train_net import REPO_ROOT, TINY_COCO_ENV, TINY_CONFIG, _write_coco_split
+from test_benchmark import tiny_coco_dir  # noqa: F401 (fixture)
+from test_train_net import REPO_ROOT, TINY_CONFIG
 
 TEST_DATASET = "tiny_vitdet_coco_val"
 NODE = "model.backbone.net.expedite"
@@ -46,19 +46,6 @@ def load_tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def tiny_coco_dir(tmp_path_factory):
-    """Two labelled validation images for the tiny config, named by its environment variable."""
-    dataset_dir = tmp_path_factory.mktemp("tiny_coco")
-    (dataset_dir / "images").mkdir()
-    rng = np.random.default_rng(0)
-    _write_coco_split(dataset_dir, "train.json", range(1, 2), rng)
-    _write_coco_split(dataset_dir, "val.json", range(5, 7), rng)
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv(TINY_COCO_ENV, str(dataset_dir))
-        yield dataset_dir
 
 
 @pytest.fixture(scope="module")

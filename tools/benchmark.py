@@ -38,22 +38,14 @@ from expedite_vit.benchmark.methods import (
 )
 from expedite_vit.benchmark.report import check_output_path, write_json, write_markdown
 from expedite_vit.benchmark.runner import AMP_DTYPES, resolve_num_images
-from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config
+from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config, tool_parser
 from expedite_vit.runtime.inputs import expand_image_paths, split_trailing_overrides
 from expedite_vit.sweep import apply_point, measure_points
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog=os.path.basename(__file__),
-        description=__doc__.strip().split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__file__, __doc__, "registered dataset name; AP is reported when it has annotations")
     add = parser.add_argument
-    add("--config-file", required=True, metavar="FILE", help="LazyConfig of the model")
-    images = parser.add_mutually_exclusive_group()
-    images.add_argument("--input", nargs="+", default=[], help="image files or globs (default: photographs)")
-    images.add_argument("--dataset", help="registered dataset name; AP is reported when it has annotations")
     add("--num-images", type=int, metavar="N",
         help="images to run, the first N (default: all --input files or bundled photographs, the first 5 "
              "of --dataset); more than there are is an error")

@@ -39,7 +39,7 @@ from tabulate import tabulate
 
 from expedite_vit.benchmark import BenchmarkSettings
 from expedite_vit.benchmark.runner import AMP_DTYPES, resolve_num_images
-from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config
+from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config, tool_parser
 from expedite_vit.runtime.config import ConfigError
 from expedite_vit.runtime.inputs import expand_image_paths, split_trailing_overrides
 from expedite_vit.runtime.output import claim_output_folder
@@ -75,16 +75,8 @@ def comma_list(text: str):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog=os.path.basename(__file__),
-        description=__doc__.strip().split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__file__, __doc__, "registered dataset name; the task metric is reported when it has labels")
     add = parser.add_argument
-    add("--config-file", required=True, metavar="FILE", help="LazyConfig of the model")
-    images = parser.add_mutually_exclusive_group()
-    images.add_argument("--input", nargs="+", default=[], help="image files or globs (default: photographs)")
-    images.add_argument("--dataset", help="registered dataset name; the task metric is reported when it has labels")
     add("--num-images", type=int, metavar="N", help="images to run, the first N (default as tools/benchmark.py)")
     add("--grid", action="append", default=[], metavar="'NAME=V1,V2 NAME2=...'",
         help="settings to sweep, relative to the model's expedite nodes (default: the method's grid)")

@@ -2,7 +2,9 @@
 turn a mistake of the user's into one line on stderr and an exit code, not a traceback."""
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
 import sys
 from typing import Iterator
 
@@ -16,7 +18,14 @@ from .config import ConfigError, check_device, check_model_settings, load_config
 from .inputs import ImageInputError
 from .output import OutputFolderError
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_RUN_FAILED", "USER_ERRORS", "exit_on_user_error", "load_checked_config"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_RUN_FAILED",
+    "USER_ERRORS",
+    "exit_on_user_error",
+    "load_checked_config",
+    "tool_parser",
+]
 
 # argparse's code for a bad command line; the same for any input refused before the run starts.
 EXIT_BAD_INPUT = 2
@@ -31,6 +40,23 @@ USER_ERRORS = (
     NonFiniteError,
     ImageInputError,
 )
+
+
+def tool_parser(script: str, doc: str, dataset_help: str = "") -> argparse.ArgumentParser:
+    """The command line every entry point starts with: its name and first paragraph, and
+    ``--config-file``; with ``dataset_help``, also the image source shared by the measuring tools
+    (``--input`` files or globs, or a registered ``--dataset``, photographs without either)."""
+    parser = argparse.ArgumentParser(
+        prog=os.path.basename(script),
+        description=doc.strip().split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig of the model")
+    if dataset_help:
+        images = parser.add_mutually_exclusive_group()
+        images.add_argument("--input", nargs="+", default=[], help="image files or globs (default: photographs)")
+        images.add_argument("--dataset", help=dataset_help)
+    return parser
 
 
 def load_checked_config(
