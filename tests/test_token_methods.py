@@ -370,8 +370,8 @@ def test_overriding_a_method_that_does_not_run_is_refused():
     from test_train_net import TINY_CONFIG
 
     node = "model.backbone.net.expedite"
-    with pytest.raises(ConfigError, match=rf"^{node}\.expedit\.grid=2 sets a 'expedit' setting, but {node}\.method='tome': "
-                       rf"it would be ignored; .*{node}\.tome\.r"):
+    with pytest.raises(ConfigError, match=rf"^{node}\.expedit\.grid=2 is a setting of method 'expedit', but "
+                       rf"{node}\.method='tome': it would be ignored; .*{node}\.tome\.r"):
         load_config(str(TINY_CONFIG), [f"{node}.method=tome", f"{node}.expedit.grid=2"])
     cfg = load_config(str(TINY_CONFIG), [f"{node}.method=tome", f"{node}.tome.r=3"])
     assert cfg.model.backbone.net.expedite.tome.r == 3

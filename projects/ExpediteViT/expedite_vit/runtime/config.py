@@ -168,9 +168,9 @@ def check_method_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
             if field and method in METHODS and method != chosen:
                 valid = ", ".join(f"{path}.{chosen}.{name}" for name in METHODS[chosen].setting_names())
                 raise ConfigError(
-                    f"{key}={value} sets a {method!r} setting, but {path}.method={chosen!r}: it would "
-                    f"be ignored; pick the method with {path}.method={method}, or set {chosen!r}'s "
-                    f"settings: {valid}"
+                    f"{key}={value} is a setting of method {method!r}, but {path}.method={chosen!r}: "
+                    f"it would be ignored; pick the method with {path}.method={method}, or set the "
+                    f"settings of {chosen!r}: {valid}"
                 )
 
 
