@@ -307,25 +307,31 @@ def _shifted_coordinates(pos: torch.Tensor, padded: Tuple[int, int], window: int
     return rolled, cell, region
 
 
-def _on_rows(module: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``module`` on the rows of ``x`` (..., C) where ``rows`` (...) is True, zeros elsewhere:
-    empty slots and padding cost nothing in the linear layers."""
+def _row_index(rows: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the True entries of ``rows``, for :func:`_on_rows`."""
+    return rows.reshape(-1).nonzero().squeeze(1)
+
+
+def _on_rows(module: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``module`` on the rows ``index`` (from :func:`_row_index`) of ``x`` (..., C), zeros
+    elsewhere: empty slots and padding cost nothing in the linear layers."""
     flat = x.reshape(-1, x.shape[-1])
-    index = rows.reshape(-1).nonzero().squeeze(1)
     picked = module(flat.index_select(0, index))
     out = picked.new_zeros(flat.shape[0], picked.shape[-1])
     return out.index_copy(0, index, picked).reshape(*x.shape[:-1], picked.shape[-1])
 
 
 def _attention(block: TokenBlock, y: torch.Tensor, pos: torch.Tensor, key_bias: torch.Tensor,
-               pair_bias: Optional[torch.Tensor], rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+               pair_bias: Optional[torch.Tensor], rows: torch.Tensor,
+               with_keys: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Multi-head attention of ``y`` (N, L, C) at positions ``pos`` (N, L, 2) (within the
     attention's window, or the map for global attention) with additive
     per-key ``key_bias`` (N, L) and optional per-pair ``pair_bias`` (N, L, L); only the ``rows``
-    (N, L) that hold tokens are projected. Returns the output (N, L, C) and the keys averaged
-    over heads (N, L, C / heads)."""
+    (N, L) that hold tokens are projected. Returns the output (N, L, C) and, ``with_keys``, the
+    keys averaged over heads (N, L, C / heads), else None."""
     num, length, channels = y.shape
-    qkv = _on_rows(block.qkv, y, rows).reshape(num, length, 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+    index = _row_index(rows)
+    qkv = _on_rows(block.qkv, y, index).reshape(num, length, 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (N, heads, L, head_dim)
     scaled, keys = q * block.scale, k
     if block.position_features is not None:
@@ -341,7 +347,7 @@ def _attention(block: TokenBlock, y: torch.Tensor, pos: torch.Tensor, key_bias: 
     if pair_bias is not None:
         logits += pair_bias[:, None].to(logits.dtype)
     out = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(num, length, channels)
-    return _on_rows(block.proj, out, rows), k.mean(dim=1)
+    return _on_rows(block.proj, out, index), k.mean(dim=1) if with_keys else None
 
 
 def run_token_block(
@@ -359,6 +365,7 @@ def run_token_block(
     """
     batch, num_groups, slots, channels = tokens.x.shape
     masked = torch.finfo(torch.float32).min
+    with_keys = merge is not None
     # Empty slots are never attended to; padding only in windowed attention (as the host pads).
     excluded = ~tokens.occupied if block.window > 0 else ~tokens.mergeable
     key_bias = torch.where(excluded, torch.full_like(tokens.size, masked), torch.zeros_like(tokens.size))
@@ -383,25 +390,27 @@ def run_token_block(
         pair_bias = torch.where(label[:, :, None] == label[:, None, :], 0.0, block.region_logit)
         local = rolled - cell * block.window
         out, keys = _attention(block, packing.pack(flat(y)), packing.pack(flat(local)),
-                               packing.pack(flat(key_bias), masked), pair_bias, packing.filled)
-        out, keys = packing.unpack(out), packing.unpack(keys)
+                               packing.pack(flat(key_bias), masked), pair_bias, packing.filled, with_keys)
     elif block.window > 0:
         # Windowed: one attention per stored window.
         groups = batch * num_groups
         pos = torch.remainder(tokens.pos, block.window)
         out, keys = _attention(block, y.reshape(groups, -1, channels), pos.reshape(groups, -1, 2),
-                               key_bias.reshape(groups, -1), None, tokens.occupied.reshape(groups, -1))
+                               key_bias.reshape(groups, -1), None, tokens.occupied.reshape(groups, -1), with_keys)
     else:
         # Global: over the real tokens of each image, packed together (no padding, no empty slots).
         include = tokens.mergeable.reshape(batch, -1)
         packing = _Packing(torch.zeros_like(include, dtype=torch.long), include, 1)
         out, keys = _attention(block, packing.pack(flat(y)), packing.pack(flat(tokens.pos)),
-                               packing.pack(flat(key_bias), masked), None, packing.filled)
-        out, keys = packing.unpack(out), packing.unpack(keys)
+                               packing.pack(flat(key_bias), masked), None, packing.filled, with_keys)
+    if block.window == 0 or block.shift:
+        out = packing.unpack(out)
+        keys = packing.unpack(keys) if with_keys else None
     x = tokens.x + out.reshape(tokens.x.shape)
     tokens = tokens.replace(x=x)
-    if merge is not None:
+    if with_keys:
         tokens = merge(tokens, keys.reshape(batch, num_groups, slots, -1))
     x = tokens.x
     # The host's MLP runs on real tokens only (its windowed blocks crop the padding first).
-    return tokens.replace(x=x + _on_rows(lambda t: block.mlp(block.norm2(t)), x, tokens.mergeable))
+    mlp = _on_rows(lambda t: block.mlp(block.norm2(t)), x, _row_index(tokens.mergeable))
+    return tokens.replace(x=x + mlp)
