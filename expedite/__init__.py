@@ -1,7 +1,7 @@
 """Host-agnostic token reduction for dense-prediction Vision Transformers (pure PyTorch).
 
-The methods (Expedit, AiluRus, ToMe) are small functional cores (``clustering``/``windows``,
-``ailurus``, ``tome``) over one representation of reduced tokens (a smaller regular map, or an
+The methods (Expedit, AiluRus, ToMe, Fast-iTPN) are small functional cores (``clustering``/``windows``,
+``ailurus``, ``tome``, ``migration`` and ``gathering``) over one representation of reduced tokens (a smaller regular map, or an
 irregular :class:`TokenSet`); :class:`TokenReduction` runs the method that ``ExpediteConfig.method``
 names on a host's blocks.
 """
@@ -14,6 +14,7 @@ from .config import (
     ExpeditSettings,
     ExpediteConfig,
     HostLayout,
+    ITPNSettings,
     ToMeSettings,
 )
 from .layers import (
@@ -22,13 +23,23 @@ from .layers import (
     ExpediteHost,
     ReducedMap,
     TokenClusteringLayer,
+    TokenMigration,
     TokenReconstructionLayer,
     TokenReducer,
     TokenReduction,
     TokenRestorer,
     TokenUnmerging,
 )
-from .tokens import TokenBlock, TokenSet, merge_tokens, run_token_block, tokens_from_map, tokens_to_map
+from .tokens import (
+    TokenBlock,
+    TokenSet,
+    gathered_map_attention,
+    keep_tokens,
+    merge_tokens,
+    run_token_block,
+    tokens_from_map,
+    tokens_to_map,
+)
 from .windows import WindowClusterState, cluster_windows, reconstruct_windows, reduced_length
 
 __all__ = [
@@ -41,12 +52,14 @@ __all__ = [
     "ExpediteHost",
     "HostLayout",
     "IMPLEMENTATIONS",
+    "ITPNSettings",
     "METHODS",
     "NORMALIZATIONS",
     "ReducedMap",
     "ToMeSettings",
     "TokenBlock",
     "TokenClusteringLayer",
+    "TokenMigration",
     "TokenReconstructionLayer",
     "TokenReducer",
     "TokenReduction",
@@ -56,6 +69,8 @@ __all__ = [
     "WindowClusterState",
     "cluster_tokens",
     "cluster_windows",
+    "gathered_map_attention",
+    "keep_tokens",
     "merge_tokens",
     "reconstruct_tokens",
     "reconstruct_windows",

@@ -31,6 +31,7 @@ __all__ = [
     "ExpeditSettings",
     "ExpediteConfig",
     "HostLayout",
+    "ITPNSettings",
     "IMPLEMENTATIONS",
     "METHODS",
     "NORMALIZATIONS",
@@ -39,6 +40,7 @@ __all__ = [
 
 IMPLEMENTATIONS = ("default", "official")
 NORMALIZATIONS = ("sum", "l2")
+MIGRATION_SCORES = ("neighbour", "attention")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,6 +125,7 @@ class HostLayout:
         description: optional words on how blocks are counted (Swin: over all stages).
         conv_blocks: blocks that end in a convolution over the token map (ViTDet's residual
             blocks), which an irregular token set cannot take.
+        global_blocks: blocks with global attention (ViTDet's), which token gathering replaces.
     """
 
     name: str
@@ -130,6 +133,7 @@ class HostLayout:
     window: int
     description: str = ""
     conv_blocks: Tuple[int, ...] = ()
+    global_blocks: Tuple[int, ...] = ()
 
 
 class _Settings:
@@ -328,13 +332,61 @@ class ToMeSettings(_Settings):
             )
 
 
+def _check_keep(key: str, value: Any) -> Union[int, float]:
+    if _is_int(value) and value >= 1:
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and 0.0 < value <= 1.0:
+        return value
+    raise _refuse(
+        key, value, "it must be a ratio, a float in (0, 1] (e.g. 0.5), or a count of tokens per "
+        "window, an int >= 1 (e.g. 98); not a bool or string"
+    )
+
+
+@dataclass
+class ITPNSettings(_Settings):
+    """Fast-iTPN token migration, training-free (METHODS.md section 3; the gathering half is
+    :attr:`ExpediteConfig.gather`, which any method can use).
+
+    Attributes:
+        keep: tokens each attention window keeps from block ``location`` on: a ratio (float in
+            (0, 1], rounded up per window) or a count (int). The others migrate: later blocks skip
+            them and they return unchanged, in place, before the neck. 1.0 keeps every token.
+        score: what makes a token worth keeping: "neighbour" (least similar, by cosine, to the
+            mean of its 3x3 neighbours) or "attention" (most attention received within its window
+            in block ``location``, from that block's own queries and keys).
+    """
+
+    _KEY: ClassVar[str] = "expedite.itpn"
+    _TITLE: ClassVar[str] = "Fast-iTPN"
+    _CHECKS: ClassVar[Dict[str, Callable[[str, Any], Any]]] = {
+        "keep": _check_keep,
+        "score": _choice_check(MIGRATION_SCORES),
+    }
+
+    keep: Union[int, float] = 0.5
+    score: str = "neighbour"
+
+    def check_host(self, layout: HostLayout) -> None:
+        window = layout.window
+        if window > 0 and isinstance(self.keep, int) and self.keep > window * window:
+            raise ValueError(
+                f"{self._KEY}.keep={self.keep!r} is above the {window * window} tokens of a "
+                f"{window}x{window} {layout.name} window; allowed: a count from 1 to "
+                f"{window * window}, or a ratio in (0, 1]"
+            )
+
+
 # The methods ``expedite.method`` may name, each with its settings class (and config field).
-METHODS: Dict[str, type] = {"expedit": ExpeditSettings, "ailurus": AiluRusSettings, "tome": ToMeSettings}
+METHODS: Dict[str, type] = {
+    "expedit": ExpeditSettings, "ailurus": AiluRusSettings, "tome": ToMeSettings, "itpn": ITPNSettings,
+}
 
 _COMMON_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "enabled": _check_bool,
     "method": _choice_check(tuple(METHODS)),
     "location": _int_check(0),
+    "gather": _int_check(0),
 }
 
 
@@ -345,12 +397,16 @@ class ExpediteConfig:
     Attributes:
         enabled: off gives exactly the host model.
         method: the method that runs: "expedit" (token clustering + reconstruction), "ailurus"
-            (density-peak merging, unmerged at the end) or "tome" (bipartite merging in every
-            later block, unmerged at the end).
+            (density-peak merging, unmerged at the end), "tome" (bipartite merging in every
+            later block, unmerged at the end) or "itpn" (Fast-iTPN's token migration).
         location: the number of blocks that run at full resolution; the method reduces the
             tokens before block ``location`` (0-based) and restores the full map after the last
             reduced block (ViT: the last block; Swin: the last block of that stage).
-        expedit, ailurus, tome: each method's own settings (an instance or a mapping of fields).
+        gather: Fast-iTPN's token gathering, with any method: global-attention blocks from
+            ``location`` on attend to ``gather`` x ``gather`` gathering tokens (keys and values
+            pooled over regions of the map they attend over) instead of to every token; 0 is off.
+        expedit, ailurus, tome, itpn: each method's own settings (an instance or a mapping of
+            fields).
 
     Every field is validated on construction and on each later assignment (one-line errors
     naming ``expedite.<field>`` or ``expedite.<method>.<field>``, the value, its type and what
@@ -360,9 +416,11 @@ class ExpediteConfig:
     enabled: bool = True
     method: str = "expedit"
     location: int = 8
+    gather: int = 0
     expedit: ExpeditSettings = field(default_factory=ExpeditSettings)
     ailurus: AiluRusSettings = field(default_factory=AiluRusSettings)
     tome: ToMeSettings = field(default_factory=ToMeSettings)
+    itpn: ITPNSettings = field(default_factory=ITPNSettings)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in METHODS:
@@ -375,6 +433,12 @@ class ExpediteConfig:
             known = ", ".join(f.name for f in fields(self))
             raise AttributeError(f"expedite.{name} is not a setting{hint}; the settings are: {known}")
         object.__setattr__(self, name, check(f"expedite.{name}", value))
+
+    @property
+    def keeps_map(self) -> bool:
+        """True when the method leaves the full map as it is (Fast-iTPN keeping every token, e.g.
+        to gather alone); the blocks then run as the host's, gathering aside."""
+        return self.method == "itpn" and isinstance(self.itpn.keep, float) and self.itpn.keep == 1.0
 
     @property
     def settings(self) -> _Settings:
@@ -397,7 +461,14 @@ class ExpediteConfig:
                 f"{detail}location must lie in [0, {layout.num_blocks - 1}] "
                 f"(the host has {layout.num_blocks} blocks)"
             )
-        if self.method != "expedit":
+        if self.gather > 0 and not any(i >= self.location for i in layout.global_blocks):
+            where = f"its global blocks are {list(layout.global_blocks)}" if layout.global_blocks else "it has none"
+            raise ValueError(
+                f"expedite.gather={self.gather!r}: gathering replaces global attention, and this "
+                f"{layout.name} has no global-attention block from location {self.location} on "
+                f"({where}); set expedite.gather=0"
+            )
+        if self.method != "expedit" and not self.keeps_map:
             conv = [i for i in layout.conv_blocks if i >= self.location]
             if conv:
                 raise ValueError(

@@ -26,7 +26,17 @@ from torch import nn
 
 from .ailurus import ailurus_assignment
 from .config import ExpediteConfig
-from .tokens import TokenBlock, TokenSet, merge_tokens, run_token_block, tokens_from_map, tokens_to_map
+from .migration import attention_received, keep_counts, neighbour_distinctness, select_kept
+from .tokens import (
+    TokenBlock,
+    TokenSet,
+    gathered_map_attention,
+    keep_tokens,
+    merge_tokens,
+    run_token_block,
+    tokens_from_map,
+    tokens_to_map,
+)
 from .tome import bipartite_soft_matching
 from .windows import WindowClusterState, cluster_windows, reconstruct_windows
 
@@ -36,6 +46,7 @@ __all__ = [
     "ExpediteHost",
     "ReducedMap",
     "TokenClusteringLayer",
+    "TokenMigration",
     "TokenReconstructionLayer",
     "TokenReducer",
     "TokenReduction",
@@ -181,8 +192,45 @@ class BipartiteMerging(TokenReducer):
         return f"r={self.config.tome.r}"
 
 
+class TokenMigration(TokenReducer):
+    """Fast-iTPN: every window keeps its ``itpn.keep`` highest-scoring tokens
+    (:mod:`expedite.migration`); the others migrate, to come back unchanged when restoring.
+    Padding stays, as the host's windowed blocks see it."""
+
+    @_float32
+    def forward(self, tokens: TokenSet, block: TokenBlock) -> TokenSet:
+        cfg = self.config.itpn
+        candidates = tokens.mergeable
+        y = block.norm1(tokens.x.float())
+        if cfg.score == "neighbour":
+            full = tokens_to_map(tokens.replace(x=y))
+            importance = _slots_from_map(tokens, neighbour_distinctness(full))
+        else:
+            windows, slots, channels = _per_window(tokens, y).shape
+            qkv = block.qkv(_per_window(tokens, y)).reshape(windows, slots, 3, block.num_heads, -1)
+            q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            importance = attention_received(q, k, block.scale, _per_window(tokens, candidates))
+        counts = keep_counts(_per_window(tokens, candidates).sum(-1), cfg.keep)
+        kept = select_kept(_per_window(tokens, importance), _per_window(tokens, candidates), counts)
+        return keep_tokens(tokens, kept.reshape(candidates.shape) | tokens.padding)
+
+    def extra_repr(self) -> str:
+        cfg = self.config.itpn
+        return f"keep={cfg.keep}, score={cfg.score!r}"
+
+
+def _slots_from_map(tokens: TokenSet, values: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) values of the positions of a fresh token set -> (B, G, T), 0 at padding."""
+    batch = values.shape[0]
+    padded_h, padded_w = tokens.padded_size
+    padded = torch.nn.functional.pad(values, (0, padded_w - tokens.width, 0, padded_h - tokens.height))
+    slots = padded.new_zeros(batch, tokens.size[0].numel())
+    return slots.scatter_(1, tokens.source, padded.reshape(batch, -1)).reshape(tokens.size.shape)
+
+
 class TokenUnmerging(TokenRestorer):
-    """Every grid position gets back the final feature of the token that holds it."""
+    """Every grid position gets back the final feature of the token that holds it (or, when it
+    migrated, its feature from before migration)."""
 
     def forward(self, tokens: TokenSet) -> torch.Tensor:
         return tokens_to_map(tokens)
@@ -206,6 +254,7 @@ class TokenReduction(nn.Module):
         self.reconstruction = TokenReconstructionLayer(config)
         self.density_peaks = DensityPeakMerging(config)
         self.bipartite = BipartiteMerging(config)
+        self.migration = TokenMigration(config)
         self.unmerging = TokenUnmerging(config)
         self._config = config
 
@@ -221,28 +270,60 @@ class TokenReduction(nn.Module):
                 "build one with ExpediteConfig(**settings)"
             )
         self._config = config
-        for layer in (self.clustering, self.reconstruction, self.density_peaks, self.bipartite, self.unmerging):
+        for layer in (self.clustering, self.reconstruction, self.density_peaks, self.bipartite, self.migration,
+                      self.unmerging):
             layer.config = config
 
-    def reduce(self, x: torch.Tensor) -> Union[ReducedMap, TokenSet]:
+    def reduce(self, x: torch.Tensor, block: TokenBlock) -> Union[ReducedMap, TokenSet, torch.Tensor]:
+        """The reduced state of the (B, H, W, C) map ``x`` before the host's ``block`` (the first
+        to run reduced): a :class:`ReducedMap`, a :class:`~expedite.tokens.TokenSet`, or ``x``
+        itself when the method keeps the full map (:attr:`ExpediteConfig.keeps_map`)."""
         method = self.config.method
         if method == "expedit":
             return self.clustering(x)
+        if self.config.keeps_map:
+            return x
         tokens = tokens_from_map(x, self.window)
-        return self.density_peaks(tokens) if method == "ailurus" else tokens
+        if method == "ailurus":
+            return self.density_peaks(tokens)
+        if method == "itpn":
+            return self.migration(tokens, block)
+        return tokens
 
     def run_block(self, block: TokenBlock, tokens: TokenSet) -> TokenSet:
-        """One host block on a token set; ToMe merges between its attention and MLP."""
-        settings = self.config.settings
-        merge = self.bipartite if self.config.method == "tome" and self.config.tome.r > 0 else None
+        """One host block on a token set; ToMe merges between its attention and MLP, and a global
+        block gathers when ``gather`` is set."""
+        cfg = self.config
+        if block.window == 0 and cfg.gather > 0:
+            self._check_gather(tokens.height, tokens.width)
+        merge = self.bipartite if cfg.method == "tome" and cfg.tome.r > 0 else None
         return run_token_block(
-            block, tokens, proportional_attention=settings.proportional_attention, merge=merge
+            block, tokens, proportional_attention=getattr(cfg.settings, "proportional_attention", False),
+            merge=merge, gather=cfg.gather if block.window == 0 else 0,
         )
 
-    def restore(self, state: Union[ReducedMap, TokenSet]) -> torch.Tensor:
+    def gathered_attention(self, block: TokenBlock, y: torch.Tensor) -> torch.Tensor:
+        """A global block's attention on a regular (B, H, W, C) map ``y`` (after ``norm1``), by
+        token gathering (:func:`~expedite.tokens.gathered_map_attention`); hosts call it in place
+        of the block's own attention when ``gather`` is set."""
+        self._check_gather(int(y.shape[1]), int(y.shape[2]))
+        return gathered_map_attention(block, y, self.config.gather)
+
+    def _check_gather(self, height: int, width: int) -> None:
+        gather = self.config.gather
+        if gather > min(height, width):
+            raise ValueError(
+                f"expedite.gather={gather!r}: {gather}x{gather} gathering tokens are more than the "
+                f"global block's {height}x{width} map has rows or columns (G larger than the token "
+                f"count); allowed: 1 to {min(height, width)}, or 0 for full attention"
+            )
+
+    def restore(self, state: Union[ReducedMap, TokenSet, torch.Tensor]) -> torch.Tensor:
         if isinstance(state, ReducedMap):
             return self.reconstruction(state)
-        return self.unmerging(state)
+        if isinstance(state, TokenSet):
+            return self.unmerging(state)
+        return state
 
     def extra_repr(self) -> str:
         cfg = self.config

@@ -9,7 +9,7 @@ were never merged gets exactly the host's terms.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ def _row_weights(coordinate: torch.Tensor, rows: int) -> torch.Tensor:
 def decomposed_position_features(
     q: torch.Tensor,
     pos: torch.Tensor,
+    key_pos: Optional[torch.Tensor] = None,
     *,
     table_h: torch.Tensor,
     table_w: torch.Tensor,
@@ -63,19 +64,21 @@ def decomposed_position_features(
     Args:
         q: (N, heads, L, head_dim) queries (unscaled, as detectron2 uses them).
         pos: (N, L, 2) (row, column) of the tokens within the attention's map, in [0, size).
+        key_pos: (N, K, 2) positions of the keys when they are not the queries (gathering
+            tokens at their regions' centres); None: the keys are the tokens at ``pos``.
         table_h, table_w: (2S - 1, head_dim) learnt tables.
         size: (rows, columns) S of the attention's query map (the window, or the whole map of a
             global block); the tables are resized to ``2S - 1`` entries as detectron2 does.
 
     Returns:
-        q_extra: (N, heads, L, rows + columns) float32, k_extra: (N, L, rows + columns) float32;
-        ``q_extra @ k_extra^T`` is the (N, heads, L, L) logit term.
+        q_extra: (N, heads, L, rows + columns) float32, k_extra: (N, K, rows + columns) float32
+        (K = L without ``key_pos``); ``q_extra @ k_extra^T`` is the (N, heads, L, K) logit term.
     """
     with torch.autocast(q.device.type, enabled=False):
-        return _decomposed_position_features(q, pos, table_h, table_w, size)
+        return _decomposed_position_features(q, pos, pos if key_pos is None else key_pos, table_h, table_w, size)
 
 
-def _decomposed_position_features(q, pos, table_h, table_w, size):
+def _decomposed_position_features(q, pos, key_pos, table_h, table_w, size):
     query_parts, key_parts = [], []
     for axis, (table, side) in enumerate(((table_h, size[0]), (table_w, size[1]))):
         entries = 2 * side - 1
@@ -87,7 +90,7 @@ def _decomposed_position_features(q, pos, table_h, table_w, size):
         low = scores.gather(-1, lower[:, None].expand(-1, heads, -1, -1))
         high = scores.gather(-1, upper[:, None].expand(-1, heads, -1, -1))
         query_parts.append(torch.lerp(low, high, weight[:, None].expand_as(low)))
-        key_parts.append(_row_weights(pos[..., axis], side))
+        key_parts.append(_row_weights(key_pos[..., axis], side))
     return torch.cat(query_parts, -1), torch.cat(key_parts, -1)
 
 

@@ -22,6 +22,10 @@ window, which a windowed ViT or Swin cannot take as a grid. Our scheme:
   (:mod:`expedite.positions` interpolates ViTDet's decomposed tables and Swin's bias table).
 - **Proportional attention** (ToMe): ``log(size)`` of each key is added to the logits, so a merged
   token weighs as the tokens it stands for.
+- **Migration** (Fast-iTPN): tokens may also leave the set (:func:`keep_tokens`); their features
+  are ``carried`` as they were and put back at their positions when restoring.
+- **Gathering** (Fast-iTPN): a global block may attend to region summaries instead of every token
+  (:mod:`expedite.gathering`); :func:`gathered_map_attention` does the same on a regular map.
 - **Restoring** gives each grid position the final feature of the token that holds it.
 """
 from __future__ import annotations
@@ -34,9 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gathering import gather_regions
+
 __all__ = [
     "TokenBlock",
     "TokenSet",
+    "gathered_map_attention",
+    "keep_tokens",
     "merge_tokens",
     "merge_weighted",
     "run_token_block",
@@ -55,10 +63,12 @@ class TokenSet:
         size: (B, G, T) float32 grid positions each token stands for; 0 for an empty slot.
         padding: (B, G, T) bool, the host's padding of partial windows.
         source: (B, Hp * Wp) long, the flat slot (``g * T + t``) holding each position of the
-            padded grid, in raster order.
+            padded grid, in raster order; ``G * T + p`` for a position ``p`` that migrated.
         height, width: the map's real size.
         group: (rows, columns) of one window; the whole map for a host without windows.
         groups: windows per column and per row of the padded map.
+        carried: (B, Hp * Wp, C) features of the padded grid when tokens migrated, in raster
+            order, read (by ``source``) only at the positions that migrated; None otherwise.
     """
 
     x: torch.Tensor
@@ -70,6 +80,7 @@ class TokenSet:
     width: int
     group: Tuple[int, int]
     groups: Tuple[int, int]
+    carried: Optional[torch.Tensor] = None
 
     @property
     def padded_size(self) -> Tuple[int, int]:
@@ -132,6 +143,8 @@ def tokens_to_map(tokens: TokenSet) -> torch.Tensor:
     batch, _, _, channels = tokens.x.shape
     padded_h, padded_w = tokens.padded_size
     flat = tokens.x.reshape(batch, -1, channels)
+    if tokens.carried is not None:
+        flat = torch.cat([flat, tokens.carried.to(flat.dtype)], 1)
     out = flat.gather(1, tokens.source[..., None].expand(-1, -1, channels))
     return out.reshape(batch, padded_h, padded_w, channels)[:, : tokens.height, : tokens.width]
 
@@ -185,6 +198,49 @@ def merge_weighted(
     return x_out.reshape(x.shape).to(x.dtype), size_out.to(size.dtype)
 
 
+def _compaction(kept: torch.Tensor):
+    """For a (B, G, T) mask of slots that stay: each slot's rank among its window's staying slots,
+    the new slot count T', and ``compact(values, *extra)``, which moves the staying slots of
+    (B * G, T, *extra) or (B, G, T, *extra) values to the front, in order, -> (B, G, T', *extra);
+    the slots past a window's last token are zero (size 0: empty)."""
+    batch, num_groups, slots = kept.shape
+    rank = kept.long().cumsum(-1) - 1
+    new_slots = max(int(kept.sum(-1).max()), 1)
+    target = torch.where(kept, rank, torch.full_like(rank, new_slots))  # leaving: past the end
+
+    def compact(values: torch.Tensor, *extra: int) -> torch.Tensor:
+        values = values.reshape(batch, num_groups, slots, *extra)
+        out = torch.zeros((batch, num_groups, new_slots + 1, *extra), dtype=values.dtype, device=values.device)
+        index = target.reshape(batch, num_groups, slots, *([1] * len(extra))).expand_as(values)
+        return out.scatter_(2, index, values)[:, :, :new_slots]
+
+    return rank, new_slots, compact
+
+
+def keep_tokens(tokens: TokenSet, kept: torch.Tensor) -> TokenSet:
+    """Keep the slots ``kept`` (B, G, T) and let the other tokens migrate: they leave the set,
+    and their features, as they are now, return at their positions in :func:`tokens_to_map`.
+
+    Only a set whose tokens were never merged can migrate (each token holds one position).
+    Windows keep their order; within a window the remaining tokens keep theirs.
+    """
+    batch, num_groups, slots, channels = tokens.x.shape
+    rank, new_slots, compact = _compaction(kept)
+    flat = tokens.x.reshape(batch, -1, channels)
+    carried = flat.gather(1, tokens.source[..., None].expand(-1, -1, channels))
+    group_start = torch.arange(num_groups, device=kept.device)[:, None] * new_slots
+    new_flat = torch.where(kept, rank + group_start, -1).reshape(batch, -1).gather(1, tokens.source)
+    raster = torch.arange(tokens.source.shape[1], device=kept.device)
+    return tokens.replace(
+        x=compact(tokens.x, channels),
+        pos=compact(tokens.pos, 2),
+        size=compact(tokens.size),
+        padding=compact(tokens.padding),
+        source=torch.where(new_flat >= 0, new_flat, num_groups * new_slots + raster),
+        carried=carried,
+    )
+
+
 def merge_tokens(tokens: TokenSet, dest: torch.Tensor) -> TokenSet:
     """Merge every slot into ``dest`` (B, G, T) (its own slot to stay) and drop the emptied
     slots: features and positions become size-weighted means (:func:`merge_weighted`), sizes
@@ -203,19 +259,7 @@ def merge_tokens(tokens: TokenSet, dest: torch.Tensor) -> TokenSet:
     merged_pos, _ = merge_weighted(flat(tokens.pos), flat(tokens.size), flat(dest))
     size = size.reshape(batch, num_groups, slots)
     kept = size > 0
-
-    # Compact: the kept slots of each window move to the front, in order.
-    rank = kept.long().cumsum(-1) - 1
-    new_slots = max(int(kept.sum(-1).max()), 1)
-    target = torch.where(kept, rank, torch.full_like(rank, new_slots))  # dropped: past the end
-
-    def compact(values: torch.Tensor, *extra: int) -> torch.Tensor:
-        """Slot values, (B * G, T, *extra) or (B, G, T, *extra) -> (B, G, T', *extra); the
-        slots past a window's last token are zero (size 0: empty)."""
-        values = values.reshape(batch, num_groups, slots, *extra)
-        out = torch.zeros((batch, num_groups, new_slots + 1, *extra), dtype=values.dtype, device=values.device)
-        index = target.reshape(batch, num_groups, slots, *([1] * len(extra))).expand_as(values)
-        return out.scatter_(2, index, values)[:, :, :new_slots]
+    rank, new_slots, compact = _compaction(kept)
 
     # Where every old slot's token now lives: its destination's new slot.
     new_slot_of = rank.gather(2, dest).clamp_min(0)
@@ -240,9 +284,10 @@ class TokenBlock:
         shift: Swin's cyclic shift of the windows (0: none).
         position_bias: ``(q, dy, dx) -> (N, heads, L, L)`` logit terms for query/key offsets
             ``dy``, ``dx`` (N, L, L) in grid positions (fractional for merged tokens), or None.
-        position_features: ``(q, pos) -> (q_extra (N, heads, L, E), k_extra (N, L, E))`` whose
-            product is the logit term, for tokens at ``pos`` (N, L, 2) within the attention's
-            map (the window, or the whole map); the cheaper form for large attentions.
+        position_features: ``(q, pos, key_pos=None) -> (q_extra (N, heads, L, E), k_extra (N, K,
+            E))`` whose product is the logit term, for queries at ``pos`` (N, L, 2) within the
+            attention's map (the window, or the whole map) and keys at ``key_pos`` (N, K, 2)
+            (None: the queries' own positions); the cheaper form for large attentions.
         region_logit: added to the logits of token pairs from different regions of a shifted
             window (Swin's mask value).
     """
@@ -257,7 +302,7 @@ class TokenBlock:
     window: int
     shift: int = 0
     position_bias: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
-    position_features: Optional[Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]] = None
+    position_features: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None
     region_logit: float = -100.0
 
 
@@ -350,18 +395,64 @@ def _attention(block: TokenBlock, y: torch.Tensor, pos: torch.Tensor, key_bias: 
     return _on_rows(block.proj, out, index), k.mean(dim=1) if with_keys else None
 
 
+def _gathered_attention(block: TokenBlock, y: torch.Tensor, pos: torch.Tensor, size: torch.Tensor,
+                        rows: torch.Tensor, regions: int, map_size: Tuple[int, int],
+                        with_keys: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Global attention of the tokens ``y`` (B, M, C) at ``pos`` (B, M, 2) on a ``map_size`` map,
+    standing for ``size`` (B, M) positions each, to the ``regions`` x ``regions`` gathering tokens
+    pooled from them (:func:`expedite.gathering.gather_regions`); only the ``rows`` (B, M) that
+    hold real tokens are projected, attend and are pooled. Returns what :func:`_attention` does."""
+    batch, length, channels = y.shape
+    heads = block.num_heads
+    index = _row_index(rows)
+    qkv = _on_rows(block.qkv, y, index).reshape(batch, length, 3, channels)
+    q = qkv[:, :, 0].reshape(batch, length, heads, -1).transpose(1, 2)  # (B, heads, M, head_dim)
+    with torch.autocast(y.device.type, enabled=False):
+        pooled, centres, weight = gather_regions(qkv[:, :, 1:].flatten(2).float(), pos, size, rows, regions, map_size)
+    k_pooled, v_pooled = (t.reshape(batch, -1, heads, channels // heads).transpose(1, 2).to(q.dtype)
+                          for t in pooled.chunk(2, dim=-1))  # (B, heads, G, head_dim)
+    scaled, keys = q * block.scale, k_pooled
+    if block.position_features is not None:
+        q_extra, k_extra = block.position_features(q, pos, key_pos=centres)
+        scaled = torch.cat([scaled, q_extra.to(q.dtype)], -1)
+        keys = torch.cat([keys, k_extra[:, None].expand(-1, heads, -1, -1).to(keys.dtype)], -1)
+    logits = scaled @ keys.transpose(-2, -1)
+    # Each gathering token weighs as the tokens it stands for; empty regions are never attended.
+    region_bias = torch.where(weight > 0, weight.clamp_min(1).log(), torch.finfo(torch.float32).min)
+    logits += region_bias[:, None, None, :].to(logits.dtype)
+    out = (logits.softmax(dim=-1) @ v_pooled).transpose(1, 2).reshape(batch, length, channels)
+    keys_out = qkv[:, :, 1].reshape(batch, length, heads, -1).mean(dim=2) if with_keys else None
+    return _on_rows(block.proj, out, index), keys_out
+
+
+def gathered_map_attention(block: TokenBlock, y: torch.Tensor, regions: int) -> torch.Tensor:
+    """Token gathering in a global block on a regular map: ``y`` (B, H, W, C) (after ``norm1``)
+    -> the attention's output (B, H, W, C), every position a token of size 1."""
+    batch, height, width, channels = y.shape
+    rows = torch.arange(height, device=y.device)
+    cols = torch.arange(width, device=y.device)
+    pos = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(1, -1, 2).float()
+    ones = torch.ones(batch, height * width, device=y.device)
+    out, _ = _gathered_attention(block, y.reshape(batch, -1, channels), pos.expand(batch, -1, -1), ones,
+                                 ones.bool(), regions, (height, width), with_keys=False)
+    return out.reshape(batch, height, width, channels)
+
+
 def run_token_block(
     block: TokenBlock,
     tokens: TokenSet,
     *,
     proportional_attention: bool = False,
     merge: Optional[Callable[[TokenSet, torch.Tensor], TokenSet]] = None,
+    gather: int = 0,
 ) -> TokenSet:
     """One host block on a token set (see the module docstring).
 
     Args:
         merge: called between attention and MLP, as ToMe merges, with the tokens and their keys
             averaged over heads (B, G, T, C / heads); returns the (merged) tokens.
+        gather: in a global block, attend to ``gather`` x ``gather`` gathering tokens over the
+            real map instead of every token (0: every token).
     """
     batch, num_groups, slots, channels = tokens.x.shape
     masked = torch.finfo(torch.float32).min
@@ -397,13 +488,16 @@ def run_token_block(
         pos = torch.remainder(tokens.pos, block.window)
         out, keys = _attention(block, y.reshape(groups, -1, channels), pos.reshape(groups, -1, 2),
                                key_bias.reshape(groups, -1), None, tokens.occupied.reshape(groups, -1), with_keys)
+    elif gather > 0:
+        out, keys = _gathered_attention(block, flat(y), flat(tokens.pos), flat(tokens.size), flat(tokens.mergeable),
+                                        gather, (tokens.height, tokens.width), with_keys)
     else:
         # Global: over the real tokens of each image, packed together (no padding, no empty slots).
         include = tokens.mergeable.reshape(batch, -1)
         packing = _Packing(torch.zeros_like(include, dtype=torch.long), include, 1)
         out, keys = _attention(block, packing.pack(flat(y)), packing.pack(flat(tokens.pos)),
                                packing.pack(flat(key_bias), masked), None, packing.filled, with_keys)
-    if block.window == 0 or block.shift:
+    if (block.window == 0 and gather == 0) or block.shift:
         out = packing.unpack(out)
         keys = packing.unpack(keys) if with_keys else None
     x = tokens.x + out.reshape(tokens.x.shape)

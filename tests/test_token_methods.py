@@ -1,4 +1,4 @@
-"""AiluRus and ToMe on both hosts, through the one token-reduction interface.
+"""AiluRus, ToMe and Fast-iTPN's migration on both hosts, through the one token-reduction interface.
 
 References: detectron2's own ViT and our plain Swin (identity cases), and brute-force versions of
 the irregular-token machinery written plainly here (merging, attention over a token set, position
@@ -28,10 +28,13 @@ TINY_SWIN = dict(embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4), wind
 KEEP_ALL = {
     "tome": dict(method="tome", tome=dict(r=0)),
     "ailurus": dict(method="ailurus", ailurus=dict(budget=16)),  # every token of a 4x4 window is an anchor
+    "itpn": dict(method="itpn", itpn=dict(keep=16)),  # a count: the token-set path, nothing migrates
 }
 REDUCING = {
     "tome": dict(method="tome", tome=dict(r=3)),
     "ailurus": dict(method="ailurus", ailurus=dict(budget=4, threshold=0.0, neighbourhood=3)),
+    "itpn-neighbour": dict(method="itpn", itpn=dict(keep=0.5)),
+    "itpn-attention": dict(method="itpn", itpn=dict(keep=6, score="attention")),
 }
 
 

@@ -18,16 +18,19 @@ def expedite_node(
     enabled: bool = True,
     method: str = "expedit",
     location: int = 8,
+    gather: int = 0,
     expedit: Optional[Mapping] = None,
     ailurus: Optional[Mapping] = None,
     tome: Optional[Mapping] = None,
+    itpn: Optional[Mapping] = None,
 ):
     """``L(ExpediteConfig)(...)`` with a ``L(<Method>Settings)(...)`` node per method; each
     mapping gives that method's fields (the others keep their defaults)."""
-    given = {"expedit": expedit, "ailurus": ailurus, "tome": tome}
+    given = {"expedit": expedit, "ailurus": ailurus, "tome": tome, "itpn": itpn}
     return L(ExpediteConfig)(
         enabled=enabled,
         method=method,
         location=location,
+        gather=gather,
         **{name: L(settings)(**dict(given[name] or {})) for name, settings in METHODS.items()},
     )

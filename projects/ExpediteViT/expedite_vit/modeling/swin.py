@@ -8,9 +8,11 @@ thing). With it on, in the stage that holds block ``expedite.location`` (counted
 the blocks before it run as usual, the later blocks of that stage run on reduced tokens, and the
 full map is restored at the end of the stage, so patch merging, the later stages and the
 ``res2``..``res5`` outputs see the same shapes as without reduction. With ``expedite.method``
-``ailurus`` or ``tome`` the later blocks run on an irregular token set kept per Swin window
-(:mod:`expedite.tokens`: shifted blocks regroup the tokens by shifted window, the bias table is
-interpolated at the tokens' offsets). With ``expedit`` (the default):
+``ailurus``, ``tome`` or ``itpn`` the later blocks run on an irregular token set kept per Swin
+window (:mod:`expedite.tokens`: shifted blocks regroup the tokens by shifted window, the bias table
+is interpolated at the tokens' offsets; tokens that migrated (``itpn``) return unchanged at the
+end of the stage). Swin has no global attention, so ``expedite.gather`` does not apply. With
+``expedit`` (the default):
 
 - each ``window_size`` x ``window_size`` Swin window is clustered to ``grid`` x ``grid`` centres
   (padding masked), and the windows of centres form a smaller map;
@@ -457,8 +459,10 @@ class SwinStage(nn.Module):
                     f"Swin stage: reduce_from={reduce_from} is not one of its {depth} blocks"
                 )
             x = self._run_blocks(x, 0, reduce_from, self.window_size)
-            state = reduction.reduce(x)
-            if isinstance(state, ReducedMap):
+            state = reduction.reduce(x, self._token_block(reduce_from))
+            if isinstance(state, torch.Tensor):  # the method keeps the full map
+                state = self._run_blocks(state, reduce_from, depth, self.window_size)
+            elif isinstance(state, ReducedMap):
                 official = reduction.config.expedit.official
                 state.x = self._run_blocks(
                     state.x,
