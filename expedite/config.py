@@ -194,6 +194,8 @@ class ExpeditSettings(_Settings):
             clustered and the reduced map not cropped, and on Swin its bilinear bias resize and
             old-shift mask). It does not change ``normalize``: set ``normalize="l2"`` as well to
             reproduce published numbers.
+        gather: Fast-iTPN's token gathering on top of Expedit (see :class:`ITPNSettings`), in the
+            global blocks that run on the clustered map; 0 (default) is off.
     """
 
     _KEY: ClassVar[str] = "expedite.expedit"
@@ -207,6 +209,7 @@ class ExpeditSettings(_Settings):
         "reconstruct_temperature": _check_temperature,
         "normalize": _choice_check(NORMALIZATIONS),
         "implementation": _choice_check(IMPLEMENTATIONS),
+        "gather": _int_check(0),
     }
 
     grid: Union[int, Sequence[int]] = 7
@@ -217,6 +220,7 @@ class ExpeditSettings(_Settings):
     reconstruct_temperature: float = 0.01
     normalize: str = "sum"
     implementation: str = "default"
+    gather: int = 0
 
     @property
     def radius(self) -> int:
@@ -345,8 +349,10 @@ def _check_keep(key: str, value: Any) -> Union[int, float]:
 
 @dataclass
 class ITPNSettings(_Settings):
-    """Fast-iTPN token migration, training-free (METHODS.md section 3; the gathering half is
-    :attr:`ExpediteConfig.gather`, which any method can use).
+    """Fast-iTPN's token migration and token gathering, training-free (METHODS.md section 3).
+
+    Each works alone (``keep=1.0`` gathers only; ``gather=0`` migrates only) or with the other;
+    gathering also runs on top of Expedit (``expedite.expedit.gather``).
 
     Attributes:
         keep: tokens each attention window keeps from block ``location`` on: a ratio (float in
@@ -355,6 +361,9 @@ class ITPNSettings(_Settings):
         score: what makes a token worth keeping: "neighbour" (least similar, by cosine, to the
             mean of its 3x3 neighbours) or "attention" (most attention received within its window
             in block ``location``, from that block's own queries and keys).
+        gather: token gathering: the global-attention blocks from ``location`` on attend to
+            ``gather`` x ``gather`` gathering tokens (keys and values pooled over regions of the
+            map, at the regions' centres) instead of to every token; 0 is off.
     """
 
     _KEY: ClassVar[str] = "expedite.itpn"
@@ -362,10 +371,12 @@ class ITPNSettings(_Settings):
     _CHECKS: ClassVar[Dict[str, Callable[[str, Any], Any]]] = {
         "keep": _check_keep,
         "score": _choice_check(MIGRATION_SCORES),
+        "gather": _int_check(0),
     }
 
     keep: Union[int, float] = 0.5
     score: str = "neighbour"
+    gather: int = 0
 
     def check_host(self, layout: HostLayout) -> None:
         window = layout.window
@@ -386,7 +397,6 @@ _COMMON_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "enabled": _check_bool,
     "method": _choice_check(tuple(METHODS)),
     "location": _int_check(0),
-    "gather": _int_check(0),
 }
 
 
@@ -402,9 +412,6 @@ class ExpediteConfig:
         location: the number of blocks that run at full resolution; the method reduces the
             tokens before block ``location`` (0-based) and restores the full map after the last
             reduced block (ViT: the last block; Swin: the last block of that stage).
-        gather: Fast-iTPN's token gathering, with any method: global-attention blocks from
-            ``location`` on attend to ``gather`` x ``gather`` gathering tokens (keys and values
-            pooled over regions of the map they attend over) instead of to every token; 0 is off.
         expedit, ailurus, tome, itpn: each method's own settings (an instance or a mapping of
             fields).
 
@@ -416,7 +423,6 @@ class ExpediteConfig:
     enabled: bool = True
     method: str = "expedit"
     location: int = 8
-    gather: int = 0
     expedit: ExpeditSettings = field(default_factory=ExpeditSettings)
     ailurus: AiluRusSettings = field(default_factory=AiluRusSettings)
     tome: ToMeSettings = field(default_factory=ToMeSettings)
@@ -433,6 +439,12 @@ class ExpediteConfig:
             known = ", ".join(f.name for f in fields(self))
             raise AttributeError(f"expedite.{name} is not a setting{hint}; the settings are: {known}")
         object.__setattr__(self, name, check(f"expedite.{name}", value))
+
+    @property
+    def gather(self) -> int:
+        """Token gathering's regions per side in the global blocks from ``location`` on, set by
+        the methods that gather (Fast-iTPN, Expedit); 0: full global attention."""
+        return getattr(self.settings, "gather", 0)
 
     @property
     def keeps_map(self) -> bool:
@@ -464,9 +476,9 @@ class ExpediteConfig:
         if self.gather > 0 and not any(i >= self.location for i in layout.global_blocks):
             where = f"its global blocks are {list(layout.global_blocks)}" if layout.global_blocks else "it has none"
             raise ValueError(
-                f"expedite.gather={self.gather!r}: gathering replaces global attention, and this "
-                f"{layout.name} has no global-attention block from location {self.location} on "
-                f"({where}); set expedite.gather=0"
+                f"expedite.{self.method}.gather={self.gather!r}: gathering replaces global attention, and "
+                f"this {layout.name} has no global-attention block from location {self.location} on "
+                f"({where}); set expedite.{self.method}.gather=0"
             )
         if self.method != "expedit" and not self.keeps_map:
             conv = [i for i in layout.conv_blocks if i >= self.location]

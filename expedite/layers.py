@@ -305,7 +305,7 @@ class TokenReduction(nn.Module):
     def gathered_attention(self, block: TokenBlock, y: torch.Tensor) -> torch.Tensor:
         """A global block's attention on a regular (B, H, W, C) map ``y`` (after ``norm1``), by
         token gathering (:func:`~expedite.tokens.gathered_map_attention`); hosts call it in place
-        of the block's own attention when ``gather`` is set."""
+        of the block's own attention when the method's ``gather`` is set."""
         self._check_gather(int(y.shape[1]), int(y.shape[2]))
         return gathered_map_attention(block, y, self.config.gather)
 
@@ -313,7 +313,7 @@ class TokenReduction(nn.Module):
         gather = self.config.gather
         if gather > min(height, width):
             raise ValueError(
-                f"expedite.gather={gather!r}: {gather}x{gather} gathering tokens are more than the "
+                f"expedite.{self.config.method}.gather={gather!r}: {gather}x{gather} gathering tokens are more than the "
                 f"global block's {height}x{width} map has rows or columns (G larger than the token "
                 f"count); allowed: 1 to {min(height, width)}, or 0 for full attention"
             )

@@ -32,7 +32,7 @@ def test_gathering_with_one_token_per_region_equals_detectron2_vit(gather_path):
     # 128 / 16 = 8: an 8x8 map, so gather=8 gives G = N; keep=16 (a whole 4x4 window, as a
     # count) takes the token-set path, keep=1.0 the regular map.
     keep = 1.0 if gather_path == "map" else 16
-    plain, fast = vit_pair(location=1, method="itpn", gather=8, itpn=dict(keep=keep))
+    plain, fast = vit_pair(location=1, method="itpn", itpn=dict(keep=keep, gather=8))
     x = torch.randn(2, 3, 128, 128)
     torch.testing.assert_close(_last(fast, x), _last(plain, x), rtol=1e-5, atol=1e-5)
 
@@ -40,10 +40,10 @@ def test_gathering_with_one_token_per_region_equals_detectron2_vit(gather_path):
 def test_gathering_on_expedits_reduced_map_with_one_token_per_region_equals_expedit_alone():
     # Expedit 4x4 windows -> 2x2 centres: the global blocks see a 4x4 map.
     _, expedit = vit_pair(location=1, expedit=dict(grid=2, k=4))
-    _, gathered = vit_pair(location=1, gather=4, expedit=dict(grid=2, k=4))
+    _, gathered = vit_pair(location=1, expedit=dict(grid=2, k=4, gather=4))
     x = torch.randn(1, 3, 128, 128)
     torch.testing.assert_close(_last(gathered, x), _last(expedit, x), rtol=1e-5, atol=1e-5)
-    gathered.expedite.gather = 2
+    gathered.expedite.expedit.gather = 2
     assert not torch.allclose(_last(gathered, x), _last(expedit, x), atol=1e-3)
 
 
@@ -98,7 +98,7 @@ def _abs_pos(model, size):
 
 @pytest.mark.parametrize("score", ["neighbour", "attention"])
 def test_migration_batch_of_two_equals_two_of_one_with_gathering(score):
-    _, fast = vit_pair(location=1, method="itpn", gather=3, itpn=dict(keep=0.4, score=score))
+    _, fast = vit_pair(location=1, method="itpn", itpn=dict(keep=0.4, score=score, gather=3))
     x = torch.randn(2, 3, 144, 176)
     both = _last(fast, x)
     torch.testing.assert_close(both, _last(fast, x), rtol=0, atol=0)
@@ -107,7 +107,7 @@ def test_migration_batch_of_two_equals_two_of_one_with_gathering(score):
 
 
 def test_migration_scores_and_pooling_run_in_float32_under_autocast():
-    _, fast = vit_pair(location=1, method="itpn", gather=4, itpn=dict(keep=0.5, score="attention"))
+    _, fast = vit_pair(location=1, method="itpn", itpn=dict(keep=0.5, score="attention", gather=4))
     x = torch.randn(1, 3, 128, 128)
     kept = []
     fast.token_reduction.migration.register_forward_hook(lambda m, args, out: kept.append(out.pos.clone()))
@@ -203,7 +203,7 @@ def _interpolated_rel(table, side, offset):
 
 def test_gathered_attention_against_brute_force():
     """A global block's attention with gathering, written out per query and region."""
-    _, fast = vit_pair(location=1, method="itpn", gather=3, itpn=dict(keep=1.0))
+    _, fast = vit_pair(location=1, method="itpn", itpn=dict(keep=1.0, gather=3))
     block = fast.blocks[1]
     token_block = fast._token_block(block, (7, 7))
     torch.manual_seed(5)
@@ -249,9 +249,10 @@ def test_keep_out_of_range_or_of_the_wrong_type_is_refused(value):
     "settings, layout, message",
     [
         (dict(method="itpn", itpn=dict(keep=200)), HostLayout("ViT", 12, 14), r"keep=200 is above the 196 tokens"),
-        (dict(gather=4, location=2), HostLayout("Swin", 24, 12), r"gather=4: .* \(it has none\)"),
-        (dict(gather=4, location=10), HostLayout("ViT", 12, 14, global_blocks=(2, 5, 8)),
-         r"gather=4: .* from location 10 on \(its global blocks are \[2, 5, 8\]\)"),
+        (dict(location=2, expedit=dict(gather=4)), HostLayout("Swin", 24, 12),
+         r"^expedite\.expedit\.gather=4: .* \(it has none\)"),
+        (dict(method="itpn", location=10, itpn=dict(gather=4)), HostLayout("ViT", 12, 14, global_blocks=(2, 5, 8)),
+         r"^expedite\.itpn\.gather=4: .* from location 10 on \(its global blocks are \[2, 5, 8\]\)"),
     ],
 )
 def test_settings_that_do_not_fit_the_host_are_named(settings, layout, message):
@@ -260,17 +261,17 @@ def test_settings_that_do_not_fit_the_host_are_named(settings, layout, message):
 
 
 def test_more_gathering_tokens_than_the_map_has_is_a_clear_error():
-    _, fast = vit_pair(location=1, method="itpn", gather=9, itpn=dict(keep=0.5))
-    with pytest.raises(ValueError, match=r"^expedite\.gather=9: 9x9 gathering tokens .* 8x8 map .* allowed: 1 to 8"):
+    _, fast = vit_pair(location=1, method="itpn", itpn=dict(keep=0.5, gather=9))
+    with pytest.raises(ValueError, match=r"^expedite\.itpn\.gather=9: 9x9 gathering tokens .* 8x8 map .* allowed: 1 to 8"):
         _last(fast, torch.randn(1, 3, 128, 128))
     fast.expedite.itpn.keep = 1.0  # the regular-map path checks too
-    with pytest.raises(ValueError, match=r"^expedite\.gather=9: .* allowed: 1 to 8"):
+    with pytest.raises(ValueError, match=r"^expedite\.itpn\.gather=9: .* allowed: 1 to 8"):
         _last(fast, torch.randn(1, 3, 128, 128))
 
 
 def test_gathering_on_swin_is_refused_at_build():
     with pytest.raises(ValueError, match=r"gather=2: gathering replaces global attention"):
-        swin_pair(location=4, method="itpn", gather=2)
+        swin_pair(location=4, method="itpn", itpn=dict(gather=2))
 
 
 def test_vit_layout_names_its_global_blocks():

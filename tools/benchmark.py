@@ -61,7 +61,7 @@ def parse_args(argv=None):
     add("--output-md", metavar="FILE", help="write a markdown section here (see --append)")
     add("--append", action="store_true", help="append the markdown section to an existing --output-md")
     add("--overwrite", action="store_true", help="replace existing output files")
-    add("--methods", metavar="LIST", help="compare these methods (comma-separated: expedit,ailurus,tome)")
+    add("--methods", metavar="LIST", help="compare these methods (comma-separated: expedit,ailurus,tome,itpn)")
     add("--match-flops", action="store_true",
         help="with --methods: set each method's budget to the first method's backbone FLOPs ratio")
     add("--match-only", action="store_true",

@@ -18,7 +18,6 @@ def expedite_node(
     enabled: bool = True,
     method: str = "expedit",
     location: int = 8,
-    gather: int = 0,
     expedit: Optional[Mapping] = None,
     ailurus: Optional[Mapping] = None,
     tome: Optional[Mapping] = None,
@@ -31,6 +30,5 @@ def expedite_node(
         enabled=enabled,
         method=method,
         location=location,
-        gather=gather,
         **{name: L(settings)(**dict(given[name] or {})) for name, settings in METHODS.items()},
     )

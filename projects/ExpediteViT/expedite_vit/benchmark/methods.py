@@ -5,7 +5,7 @@ Each method runs at the settings the config holds for it (its preset: a model co
 budget setting whose backbone FLOPs ratio is nearest the first method's: ToMe's ``r``, AiluRus's
 similarity ``threshold`` (at each of a few anchor budgets: fewer anchors leave more tokens
 unmerged, more anchors keep more tokens, so FLOPs are not monotonic in the budget), Expedit's
-``grid``. When no value reaches it within 5% at the config's ``location`` (ToMe merges at most
+``grid``, Fast-iTPN's ``keep`` ratio (its ``gather`` and ``score`` as the config holds them). When no value reaches it within 5% at the config's ``location`` (ToMe merges at most
 half a window per block), earlier locations are tried too. FLOPs are counted by fvcore on the backbone of
 one model whose settings are changed in place (they are read at every forward), so the search
 builds nothing.
@@ -40,8 +40,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # The setting that sets each method's token budget, and how to search it: an int searched over
-# its range, or a float bisected (FLOPs fall as ToMe's r and fall as AiluRus's threshold drops).
-BUDGET_SETTINGS = {"expedit": "grid", "tome": "r", "ailurus": "threshold"}
+# its range, or a float bisected (FLOPs fall as ToMe's r rises, and as AiluRus's threshold and
+# Fast-iTPN's keep ratio drop).
+BUDGET_SETTINGS = {"expedit": "grid", "tome": "r", "ailurus": "threshold", "itpn": "keep"}
+# The ranges the float budget settings are bisected over.
+FLOAT_RANGES = {"ailurus": (-1.0, 1.0), "itpn": (0.02, 1.0)}
 # AiluRus's anchor budgets tried when matching (those that fit a window), besides the config's.
 AILURUS_BUDGETS = (2, 4, 8, 16, 32, 64)
 # Largest relative distance between a matched and the target FLOPs ratio that counts as matched.
@@ -105,10 +108,12 @@ def _nearest_int(ratio_of: Callable[[int], float], candidates: range, target: fl
     return min((low, high), key=lambda v: abs(ratio_of(v) - target))
 
 
-def _nearest_threshold(ratio_of: Callable[[float], float], target: float) -> float:
-    """AiluRus's ratio falls as the threshold rises (fewer tokens are similar enough to merge)."""
-    low, high = -1.0, 1.0
-    if ratio_of(low) <= target:  # even merging every neighbour of an anchor does not get there
+def _nearest_falling(ratio_of: Callable[[float], float], bounds: Tuple[float, float], target: float) -> float:
+    """The value in ``bounds`` with the ratio nearest ``target``, by bisection, for a ratio that
+    falls as the value rises (AiluRus's threshold: fewer tokens are similar enough to merge;
+    Fast-iTPN's keep: more tokens stay)."""
+    low, high = bounds
+    if ratio_of(low) <= target:  # even the most reducing value does not get there
         return low
     for _ in range(_BISECTION_STEPS):
         mid = (low + high) / 2
@@ -166,8 +171,8 @@ def match_backbone_flops(
         best = None
         for at in range(location, -1, -1):
             for fixed in _fixed_settings(method, hosts):
-                if method == "ailurus":
-                    value = _nearest_threshold(lambda v: ratio(method, at, **fixed, threshold=v), target)
+                if method in FLOAT_RANGES:
+                    value = _nearest_falling(lambda v: ratio(method, at, **fixed, **{name: v}), FLOAT_RANGES[method], target)
                 else:
                     value = _nearest_int(lambda v: ratio(method, at, **fixed, **{name: v}),
                                          _int_candidates(method, hosts), target)

@@ -58,7 +58,7 @@ TOKEN_REDUCTION_KINDS = tuple(TOKEN_REDUCTION_LAYERS)
 # the method's own operations (reducing + restoring) should cost little of the backbone's time:
 # Expedit's clustering + reconstruction 3%, the merging methods' 5% (their issue's target).
 LATENCY_FLOPS_FRACTION = 0.9
-MAX_TOKEN_REDUCTION_SHARE = {"expedit": 0.03, "ailurus": 0.05, "tome": 0.05}
+MAX_TOKEN_REDUCTION_SHARE = {"expedit": 0.03, "ailurus": 0.05, "tome": 0.05, "itpn": 0.05}
 GIGA = 1e9
 # Images of a --dataset run when --num-images is not given (all of COCO val would take hours on CPU).
 DEFAULT_DATASET_IMAGES = 5

@@ -11,7 +11,7 @@ full map is restored at the end of the stage, so patch merging, the later stages
 ``ailurus``, ``tome`` or ``itpn`` the later blocks run on an irregular token set kept per Swin
 window (:mod:`expedite.tokens`: shifted blocks regroup the tokens by shifted window, the bias table
 is interpolated at the tokens' offsets; tokens that migrated (``itpn``) return unchanged at the
-end of the stage). Swin has no global attention, so ``expedite.gather`` does not apply. With
+end of the stage). Swin has no global attention, so token gathering does not apply. With
 ``expedit`` (the default):
 
 - each ``window_size`` x ``window_size`` Swin window is clustered to ``grid`` x ``grid`` centres

@@ -15,8 +15,9 @@ method ``expedite.method`` names:
   (fractional) offsets; after the last block every position gets its token's feature back (or,
   for a token that migrated, its feature from before migration).
 
-With ``expedite.gather`` set, the global blocks from ``location`` on attend to gathering tokens
-(region summaries of the map they attend over) instead of every token, whatever the method.
+With ``expedite.itpn.gather`` (or ``expedite.expedit.gather``) set, the global blocks from
+``location`` on attend to gathering tokens (region summaries of the map they attend over) instead
+of every token.
 
 SimpleFeaturePyramid gets the full map, as without reduction. The settings are read at each
 forward, so reduction can be switched on, off, to another method or re-tuned on a built model.
@@ -132,7 +133,7 @@ class ExpeditedViT(ExpediteHost, ViT):
 
     def _map_block(self, block: Block, x: torch.Tensor, window: int) -> torch.Tensor:
         """A block on a regular map (the full one, or Expedit's reduced one) with ``window``;
-        a global block gathers when ``expedite.gather`` is set."""
+        a global block gathers when the method's ``gather`` is set."""
         if window > 0 or self.expedite.gather == 0:
             return run_block(block, x, window)
         token_block = self._token_block(block, tuple(int(d) for d in x.shape[1:3]))

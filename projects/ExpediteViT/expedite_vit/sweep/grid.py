@@ -48,6 +48,7 @@ DEFAULT_GRIDS = {
     "expedit": {"location": _LOCATIONS, "expedit.grid": [2, 3, 4, 5, 6, 7, 8, 10]},
     "ailurus": {"location": _LOCATIONS, "ailurus.budget": [4, 8, 16, 32, 64]},
     "tome": {"location": _LOCATIONS, "tome.r": [2, 4, 8, 16, 32]},
+    "itpn": {"location": _LOCATIONS, "itpn.keep": [0.25, 0.4, 0.5, 0.6, 0.75]},
 }
 METHOD = "method"  # the setting that picks the method; a node without it runs DEFAULT_METHOD
 DEFAULT_METHOD = "expedit"
