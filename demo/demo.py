@@ -12,6 +12,11 @@ Usage:
     python demo/demo.py --config-file CONFIG --video-input clip.mp4 --output clip_pred.mp4 \\
         train.init_checkpoint=model_final.pkl
 
+An image model draws a video frame by frame. A video instance segmentation model (Mask2Former-VIS)
+sees the whole clip at once, from --video-input or from frame images given to --input (in the
+order given), and its tracks are drawn: each track in one colour on every frame where it has a
+mask, with its class and score; with --compare, baseline | expedited. The output is a video.
+
 Existing output files are never replaced unless --overwrite is given. Images that cannot be used
 (unreadable, smaller than 32 pixels on a side) are skipped and listed at the end, and the exit
 status is then 1. 16-bit images are scaled to 8 bits (v / 257). Drawings are at most
@@ -22,7 +27,8 @@ import argparse
 import logging
 import os
 import sys
-from typing import Dict, Iterator, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -30,7 +36,9 @@ import torch
 import tqdm
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
 
+from expedite_vit.modeling.mask2former_video import VideoMaskFormer
 from expedite_vit.runtime.cli import USER_ERRORS, load_checked_config, tool_parser
 from expedite_vit.runtime.config import ConfigError
 from expedite_vit.runtime.inputs import (
@@ -54,11 +62,14 @@ from expedite_vit.visualization import (
     side_by_side,
     to_rgb,
 )
+from expedite_vit.video_visualization import draw_video_tracks, matched_track_colours, select_tracks, track_colours
 
 logger = logging.getLogger("expedite_vit.demo")
 
 # Containers OpenCV's stock builds can write, and the codec for each.
 VIDEO_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
+# Frame images have no frame rate; YouTube-VIS labels every 5th frame of 30-fps videos.
+FRAME_LIST_FPS = 6.0
 # Longest side of a drawing, by default: enough to read a 1080p screen, and it keeps the
 # Visualizer (a matplotlib canvas plus every mask at drawing size) near a few hundred MB.
 MAX_DRAW_SIZE = 1600
@@ -68,9 +79,11 @@ def parse_args(argv=None):
     parser = tool_parser(__file__, __doc__)
     add = parser.add_argument
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", help="image files or globs, e.g. 'photos/*.jpg'")
+    source.add_argument("--input", nargs="+",
+                        help="image files or globs, e.g. 'photos/*.jpg' (a video model: the frames of one video)")
     source.add_argument("--video-input", metavar="FILE", help="a video file")
-    add("--output", required=True, help="output folder (created if needed), or file for one image or a video")
+    add("--output", required=True,
+        help="output folder (created if needed), or file for one image or a video (.mp4 or .avi)")
     add("--confidence-threshold", type=float, default=0.5, help="minimum score of drawn instances")
     add("--task", choices=("auto", *PREDICTION_KINDS), default="auto",
         help="what to draw (auto: panoptic if the model gives it, else semantic and instances)")
@@ -147,6 +160,26 @@ def video_output_path(video: str, output: str, overwrite: bool) -> str:
     return _check_new_file(path, video, overwrite)
 
 
+class ModelKindError(ConfigError):
+    """An image model where a video model is needed, or the other way round."""
+
+
+def is_video_model(cfg) -> bool:
+    """Whether the config's model is a video instance segmentation model (known before building it)."""
+    target = cfg.model.get("_target_")
+    if isinstance(target, str):
+        target = locate(target)
+    return isinstance(target, type) and issubclass(target, VideoMaskFormer)
+
+
+def check_model_kind(model: torch.nn.Module, video: bool) -> None:
+    if isinstance(model, VideoMaskFormer) != video:
+        raise ModelKindError(
+            f"{type(model).__name__} is an image model: it draws videos frame by frame, not tracks" if video else
+            f"{type(model).__name__} is a video model: it draws tracks of a whole clip, not single images"
+        )
+
+
 def dataset_metadata(cfg):
     """Metadata (class names, colours) of the config's test dataset, for drawing."""
     names = cfg.dataloader.test.dataset.get("names") if "dataloader" in cfg else None
@@ -196,6 +229,7 @@ class DemoRenderer:
         else:
             self.models = {"model": build_model(cfg, device)}
         model = next(iter(self.models.values()))
+        check_model_kind(model, video=False)
         self.input_format = model_input_format(model, cfg)
         self.augmentations = inference_augmentations(cfg)
         self.metadata = dataset_metadata(cfg)
@@ -247,6 +281,105 @@ class DemoRenderer:
         )
 
 
+@dataclass
+class Clip:
+    """The frames of a video, as a video model takes them and as they are drawn."""
+
+    model_frames: List[torch.Tensor]  # (3, h, w) uint8, in the model's format, at its test size
+    frames_rgb: List[np.ndarray]  # (H, W, 3) uint8 RGB, at the drawing size
+    fps: float
+
+
+def read_clip(
+    source: Union[str, List[str]], input_format: str, augmentations, max_draw_size: int = MAX_DRAW_SIZE
+) -> Clip:
+    """Every frame of a video file, or of the frame images ``source`` lists, in order: resized
+    by the config's test-time ``augmentations`` for the model, and to at most ``max_draw_size``
+    for drawing. Raises ImageInputError for a video or frame that cannot be read, or frames of
+    different sizes."""
+    capture = open_video(source) if isinstance(source, str) else None
+    name = source if capture else os.path.dirname(source[0]) or "."
+    if capture:
+        fps, total = capture.get(cv2.CAP_PROP_FPS) or 25.0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        frames = (f if input_format == "BGR" else f[:, :, ::-1] for f in video_frames(capture))
+    else:
+        fps, total = FRAME_LIST_FPS, len(source)
+        frames = (load_image(path, input_format) for path in source)
+    clip = Clip([], [], fps)
+    try:
+        for frame in tqdm.tqdm(frames, total=total, desc="reading frames"):
+            if not clip.frames_rgb:
+                first_size = frame.shape[:2]
+            elif frame.shape[:2] != first_size:
+                index = len(clip.frames_rgb)
+                which = f"frame {index} of {name!r}" if capture else f"frame {index} ({source[index]!r})"
+                raise ImageInputError(
+                    f"{which} is {frame.shape[1]}x{frame.shape[0]} pixels, frame 0 {first_size[1]}x{first_size[0]}: "
+                    f"the frames of a video must have one size"
+                )
+            # The resized frame holds whole numbers in 0..255: uint8 keeps the clip 4x smaller.
+            clip.model_frames.append(predictor_input(frame, augmentations)["image"].to(torch.uint8))
+            height, width = drawing_size(frame.shape[0], frame.shape[1], max_draw_size)
+            if (height, width) != frame.shape[:2]:
+                frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            clip.frames_rgb.append(np.ascontiguousarray(to_rgb(frame, input_format)))
+    finally:
+        if capture:
+            capture.release()
+    if not clip.frames_rgb:
+        raise ImageInputError(f"no frame could be read from video {name!r}")
+    return clip
+
+
+class TrackRenderer:
+    """Runs a video instance segmentation model (with ``compare``, the baseline and the expedited
+    one) on a whole clip, and draws its tracks on every frame. The model is offline: it sees all
+    frames in one call (its backbone ``frame_chunk`` frames at a time), so tracks need no
+    association, and the clip's length is bounded by memory."""
+
+    def __init__(self, cfg, device: str, compare: bool, confidence_threshold: float):
+        if compare:
+            baseline, expedited = build_model_pair(cfg, device)
+            if not token_reduction_modules(expedited, "reduce"):
+                raise ConfigError(
+                    "--compare needs token reduction on in the config (e.g. model.backbone.expedite.enabled=True)"
+                )
+            self.models = {"baseline": baseline, "expedited": expedited}
+        else:
+            self.models = {"model": build_model(cfg, device)}
+        for model in self.models.values():
+            check_model_kind(model, video=True)
+        self.metadata = dataset_metadata(cfg)
+        self.confidence_threshold = confidence_threshold
+
+    @torch.no_grad()
+    def predict(self, clip: Clip) -> Dict[str, Dict]:
+        """Each model's output for the clip, masks at the drawing size."""
+        height, width = clip.frames_rgb[0].shape[:2]
+        video = {"image": clip.model_frames, "height": height, "width": width}
+        predictions = {}
+        for name, model in self.models.items():
+            logger.info(f"{name}: {len(clip.model_frames)} frames")
+            predictions[name] = model([video])[0]
+        return predictions
+
+    def __call__(self, clip: Clip) -> Iterator[np.ndarray]:
+        """The clip's drawn frames (RGB); with --compare baseline | expedited, where an expedited
+        track has the colour of the baseline track it overlaps."""
+        tracks = {name: select_tracks(p, self.confidence_threshold) for name, p in self.predict(clip).items()}
+        first, *others = tracks.values()
+        colours = [track_colours(len(first["masks"]))]
+        colours += [matched_track_colours(first["masks"], colours[0], t["masks"]) for t in others]
+        drawings = [
+            draw_video_tracks(clip.frames_rgb, t, self.metadata, c) for t, c in zip(tracks.values(), colours)
+        ]
+        if len(drawings) == 1:
+            yield from drawings[0]
+            return
+        for panels in zip(*drawings):
+            yield side_by_side([add_caption(panel, name) for panel, name in zip(panels, tracks)])
+
+
 def write_image(path: str, image_rgb: np.ndarray) -> None:
     if not cv2.imwrite(path, image_rgb[:, :, ::-1]):
         raise OSError(f"could not write {path!r}")
@@ -277,29 +410,72 @@ def video_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
         yield frame
 
 
-def run_video(renderer: DemoRenderer, video: str, output: str) -> None:
-    capture = cv2.VideoCapture(video)
+def open_video(path: str) -> cv2.VideoCapture:
+    capture = cv2.VideoCapture(path)
     if not capture.isOpened():
-        raise ImageInputError(f"cannot open video {video!r}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    writer = None
+        raise ImageInputError(f"cannot open video {path!r}")
+    return capture
+
+
+def check_video_readable(path: str) -> None:
+    """Raises ImageInputError unless ``path`` is a video with at least one frame."""
+    capture = open_video(path)
     try:
-        for frame in tqdm.tqdm(video_frames(capture), total=total, desc="frames"):
-            drawn = renderer(frame if renderer.input_format == "BGR" else frame[:, :, ::-1])
-            if writer is None:  # --compare frames are wider than the input: size from the first
-                fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC[os.path.splitext(output)[1].lower()])
-                writer = cv2.VideoWriter(output, fourcc, fps, (drawn.shape[1], drawn.shape[0]))
-                if not writer.isOpened():
-                    raise OSError(f"could not open {output!r} for writing a video")
-            writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
+        if not capture.read()[0]:
+            raise ImageInputError(f"no frame could be read from video {path!r}")
     finally:
         capture.release()
+
+
+def write_video(path: str, frames_rgb: Iterable[np.ndarray], fps: float, total: Optional[int] = None) -> int:
+    """Write the frames as a video (its size that of the first frame), with progress; returns
+    how many were written."""
+    writer, count = None, 0
+    try:
+        for drawn in tqdm.tqdm(frames_rgb, total=total, desc="frames"):
+            if writer is None:  # --compare frames are wider than the input: size from the first
+                fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC[os.path.splitext(path)[1].lower()])
+                writer = cv2.VideoWriter(path, fourcc, fps, (drawn.shape[1], drawn.shape[0]))
+                if not writer.isOpened():
+                    raise OSError(f"could not open {path!r} for writing a video")
+            writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
+            count += 1
+    finally:
         if writer is not None:
             writer.release()
-    if writer is None:
+    return count
+
+
+def run_video(renderer: DemoRenderer, video: str, output: str) -> None:
+    """An image model's drawing of every frame of a video."""
+    capture = open_video(video)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    try:
+        frames = (renderer(f if renderer.input_format == "BGR" else f[:, :, ::-1]) for f in video_frames(capture))
+        written = write_video(output, frames, fps, total)
+    finally:
+        capture.release()
+    if not written:
         raise ImageInputError(f"no frame could be read from video {video!r}")
     logger.info(f"{video} -> {output}")
+
+
+def track_inputs(args, cfg) -> Tuple[Clip, str]:
+    """A video model's clip (from --video-input or the frame images of --input) and the video to
+    write, checked before the model is built."""
+    if args.task not in ("auto", "instances"):
+        raise ModelKindError(f"a video model draws tracks (instances), not {args.task!r}; leave out --task")
+    if args.video_input:
+        if not os.path.isfile(args.video_input):
+            raise FileNotFoundError(f"video file {args.video_input!r} does not exist")
+        source, name = args.video_input, args.video_input
+    else:
+        source = expand_image_paths(args.input)
+        name = os.path.dirname(os.path.abspath(source[0]))  # frames/video_1/*.jpg -> video_1.mp4
+    output = video_output_path(name, args.output, args.overwrite)
+    input_format = cfg.dataloader.test.mapper.get("image_format", "BGR")
+    return read_clip(source, input_format, inference_augmentations(cfg), args.max_draw_size), output
 
 
 def main(argv=None) -> int:
@@ -309,17 +485,26 @@ def main(argv=None) -> int:
     # Everything that can be checked before the (slow) model build is checked first.
     try:
         cfg = load_checked_config(args.config_file, args.opts, device=args.device)
-        if args.input:
+        tracks = is_video_model(cfg)
+        if tracks:
+            clip, video_output = track_inputs(args, cfg)
+        elif args.input:
             inputs = expand_image_paths(args.input)
             outputs = image_output_paths(inputs, args.output, args.overwrite)
         else:
             if not os.path.isfile(args.video_input):
                 raise FileNotFoundError(f"video file {args.video_input!r} does not exist")
             video_output = video_output_path(args.video_input, args.output, args.overwrite)
+            check_video_readable(args.video_input)
     except (ValueError, OSError) as error:
         parser.error(str(error))
 
     try:
+        if tracks:
+            renderer = TrackRenderer(cfg, args.device, args.compare, args.confidence_threshold)
+            write_video(video_output, renderer(clip), clip.fps, len(clip.frames_rgb))
+            logger.info(f"{len(clip.frames_rgb)} frames -> {video_output}")
+            return 0
         renderer = DemoRenderer(
             cfg, args.device, args.compare, args.confidence_threshold, args.task, args.max_draw_size
         )
@@ -331,6 +516,8 @@ def main(argv=None) -> int:
                 parser.exit(1, f"{parser.prog}: error: {message}")
         else:
             run_video(renderer, args.video_input, video_output)
+    except ModelKindError as error:  # a config whose model kind showed only once built
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     except (*USER_ERRORS, PredictionKindError, OSError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     return 0
