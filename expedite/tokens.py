@@ -396,12 +396,11 @@ def _attention(block: TokenBlock, y: torch.Tensor, pos: torch.Tensor, key_bias: 
 
 
 def _gathered_attention(block: TokenBlock, y: torch.Tensor, pos: torch.Tensor, size: torch.Tensor,
-                        rows: torch.Tensor, regions: int, map_size: Tuple[int, int],
-                        with_keys: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                        rows: torch.Tensor, regions: int, map_size: Tuple[int, int]) -> torch.Tensor:
     """Global attention of the tokens ``y`` (B, M, C) at ``pos`` (B, M, 2) on a ``map_size`` map,
     standing for ``size`` (B, M) positions each, to the ``regions`` x ``regions`` gathering tokens
     pooled from them (:func:`expedite.gathering.gather_regions`); only the ``rows`` (B, M) that
-    hold real tokens are projected, attend and are pooled. Returns what :func:`_attention` does."""
+    hold real tokens are projected, attend and are pooled. Returns the output (B, M, C)."""
     batch, length, channels = y.shape
     heads = block.num_heads
     index = _row_index(rows)
@@ -421,8 +420,7 @@ def _gathered_attention(block: TokenBlock, y: torch.Tensor, pos: torch.Tensor, s
     region_bias = torch.where(weight > 0, weight.clamp_min(1).log(), torch.finfo(torch.float32).min)
     logits += region_bias[:, None, None, :].to(logits.dtype)
     out = (logits.softmax(dim=-1) @ v_pooled).transpose(1, 2).reshape(batch, length, channels)
-    keys_out = qkv[:, :, 1].reshape(batch, length, heads, -1).mean(dim=2) if with_keys else None
-    return _on_rows(block.proj, out, index), keys_out
+    return _on_rows(block.proj, out, index)
 
 
 def gathered_map_attention(block: TokenBlock, y: torch.Tensor, regions: int) -> torch.Tensor:
@@ -433,8 +431,8 @@ def gathered_map_attention(block: TokenBlock, y: torch.Tensor, regions: int) -> 
     cols = torch.arange(width, device=y.device)
     pos = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(1, -1, 2).float()
     ones = torch.ones(batch, height * width, device=y.device)
-    out, _ = _gathered_attention(block, y.reshape(batch, -1, channels), pos.expand(batch, -1, -1), ones,
-                                 ones.bool(), regions, (height, width), with_keys=False)
+    out = _gathered_attention(block, y.reshape(batch, -1, channels), pos.expand(batch, -1, -1), ones,
+                              ones.bool(), regions, (height, width))
     return out.reshape(batch, height, width, channels)
 
 
@@ -452,8 +450,10 @@ def run_token_block(
         merge: called between attention and MLP, as ToMe merges, with the tokens and their keys
             averaged over heads (B, G, T, C / heads); returns the (merged) tokens.
         gather: in a global block, attend to ``gather`` x ``gather`` gathering tokens over the
-            real map instead of every token (0: every token).
+            real map instead of every token (0: every token); not with ``merge``.
     """
+    if merge is not None and gather > 0:
+        raise ValueError("run_token_block: merging (ToMe) and gathering in one block are not supported")
     batch, num_groups, slots, channels = tokens.x.shape
     masked = torch.finfo(torch.float32).min
     with_keys = merge is not None
@@ -490,7 +490,7 @@ def run_token_block(
                                key_bias.reshape(groups, -1), None, tokens.occupied.reshape(groups, -1), with_keys)
     elif gather > 0:
         out, keys = _gathered_attention(block, flat(y), flat(tokens.pos), flat(tokens.size), flat(tokens.mergeable),
-                                        gather, (tokens.height, tokens.width), with_keys)
+                                        gather, (tokens.height, tokens.width)), None
     else:
         # Global: over the real tokens of each image, packed together (no padding, no empty slots).
         include = tokens.mergeable.reshape(batch, -1)

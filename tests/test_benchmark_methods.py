@@ -26,28 +26,29 @@ def test_bad_method_lists_are_named(text, message):
 def test_matching_reaches_the_reference_flops_ratio(tiny_coco_dir):  # noqa: F811
     cfg = load_config(str(TINY_CONFIG))
     settings = BenchmarkSettings(device="cpu", num_images=1, inputs=[], dataset=None)
-    matched = match_backbone_flops(cfg, settings, ["expedit", "tome"])
+    matched = match_backbone_flops(cfg, settings, ["expedit", "tome", "itpn"])
     target = matched["expedit"]["flops_ratio"]
-    tome = matched["tome"]
-    assert tome["target"] == target and target > 1.0
-    assert tome["matched"] == (abs(tome["flops_ratio"] / target - 1) <= MATCH_TOLERANCE)
-    assert tome["matched"], tome
-    assert tome["point"]["method"] == "tome" and isinstance(tome["point"]["tome.r"], int)
+    for method, setting, kind in (("tome", "r", int), ("itpn", "keep", float)):
+        found = matched[method]
+        assert found["target"] == target and target > 1.0
+        assert found["matched"] == (abs(found["flops_ratio"] / target - 1) <= MATCH_TOLERANCE)
+        assert found["matched"], found
+        assert found["point"]["method"] == method and isinstance(found["point"][f"{method}.{setting}"], kind)
 
 
 def test_methods_table_end_to_end(tiny_coco_dir, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "methods.json"
     argv = [
         "--config-file", str(TINY_CONFIG), "--dataset", TEST_DATASET, "--num-images", "2", "--warmup", "0",
-        "--iters", "1", "--score-threshold", "0.0", "--methods", "expedit,ailurus,tome",
+        "--iters", "1", "--score-threshold", "0.0", "--methods", "expedit,ailurus,tome,itpn",
         "--output-json", str(out),
     ]
     assert load_tool().main(argv) == 0
     table = capsys.readouterr().out
-    for method in ("expedit", "ailurus", "tome"):
+    for method in ("expedit", "ailurus", "tome", "itpn"):
         assert f"| {method}" in table
     results = json.loads(out.read_text())
-    assert [r["summary"]["method"] for r in results["methods"]] == ["expedit", "ailurus", "tome"]
+    assert [r["summary"]["method"] for r in results["methods"]] == ["expedit", "ailurus", "tome", "itpn"]
     for result in results["methods"]:
         summary = result["summary"]
         assert summary["flops_ratio"] > 0 and summary["metric"] is not None

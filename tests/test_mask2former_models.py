@@ -157,7 +157,7 @@ def test_presets_are_complete_expedite_configs():
     presets = LazyConfig.load(str(CONFIGS / "common" / "models.py")).SWIN_LARGE_EXPEDITE_PRESETS
     assert set(presets) == {"coco_panoptic", "coco_instance", "ade20k_semantic"}
     for name, preset in presets.items():
-        assert {*COMMON_SETTINGS, "expedit"} <= set(preset) <= {*COMMON_SETTINGS, "expedit", "ailurus", "tome"}, name
+        assert {*COMMON_SETTINGS, "expedit"} <= set(preset) <= {*COMMON_SETTINGS, "expedit", "ailurus", "tome", "itpn"}, name
         assert preset["method"] == "expedit", name
         assert set(preset["expedit"]) == set(ExpeditSettings.setting_names()), name
         ExpediteConfig(**preset)

@@ -90,7 +90,7 @@ def test_vitdet_presets_are_complete_expedite_configs():
     expedit_fields = set(ExpeditSettings.setting_names())
     assert set(presets) == {"base", "large", "huge"}
     for name, preset in presets.items():
-        assert {*common, "expedit"} <= set(preset) <= {*common, "expedit", "ailurus", "tome"}, name
+        assert {*common, "expedit"} <= set(preset) <= {*common, "expedit", "ailurus", "tome", "itpn"}, name
         assert preset["method"] == "expedit", name
         assert set(preset["expedit"]) == expedit_fields, name
         ExpediteConfig(**preset)
@@ -99,7 +99,7 @@ def test_vitdet_presets_are_complete_expedite_configs():
         expedite = load_config(str(OURS_DIR / name)).model.backbone.net.expedite
         assert {f: expedite[f] for f in common} == {f: presets[size][f] for f in common}, name
         assert {f: expedite.expedit[f] for f in expedit_fields} == presets[size]["expedit"], name
-        for method in ("ailurus", "tome"):
+        for method in ("ailurus", "tome", "itpn"):
             for field, value in presets[size].get(method, {}).items():
                 assert expedite[method][field] == value, (name, method, field)
 

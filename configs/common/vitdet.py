@@ -13,7 +13,7 @@ VITDET_EXPEDITE_PRESETS = {
         enabled=True, method="expedit", location=4,
         expedit=dict(
             grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
-            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+            reconstruct_temperature=0.01, normalize="sum", implementation="default", gather=0,
         ),
         tome=dict(r=98),
     ),
@@ -25,7 +25,7 @@ VITDET_EXPEDITE_PRESETS = {
         enabled=True, method="expedit", location=8,
         expedit=dict(
             grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
-            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+            reconstruct_temperature=0.01, normalize="sum", implementation="default", gather=0,
         ),
         ailurus=dict(budget=16, neighbourhood=5, density_k=5, threshold=-1.0),
         tome=dict(r=31),
@@ -35,7 +35,7 @@ VITDET_EXPEDITE_PRESETS = {
         enabled=True, method="expedit", location=8,
         expedit=dict(
             grid=8, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
-            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+            reconstruct_temperature=0.01, normalize="sum", implementation="default", gather=0,
         ),
         tome=dict(r=13),
     ),

@@ -58,6 +58,9 @@ model = mask2former(
             # 1.27x against Expedit's 1.30x (expedite.method=ailurus or tome).
             ailurus=dict(budget=16, threshold=-1.0),
             tome=dict(r=32),
+            # Fast-iTPN's migration (method=itpn): half of every window; Swin has no global
+            # attention to gather.
+            itpn=dict(keep=0.5, score="neighbour"),
         ),
     ),
     backbone_channels=swin_channels(EMBED_DIM),

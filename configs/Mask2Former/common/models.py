@@ -67,7 +67,7 @@ SWIN_LARGE_EXPEDITE_PRESETS = {
         enabled=True, method="expedit", location=10,
         expedit=dict(
             grid=8, n_iters=5, cluster_temperature=0.05, locality_window=7, k=10,
-            reconstruct_temperature=0.05, normalize="sum", implementation="default",
+            reconstruct_temperature=0.05, normalize="sum", implementation="default", gather=0,
         ),
         tome=dict(r=13),
     ),
@@ -77,7 +77,7 @@ SWIN_LARGE_EXPEDITE_PRESETS = {
         enabled=True, method="expedit", location=12,
         expedit=dict(
             grid=8, n_iters=5, cluster_temperature=0.01, locality_window=11, k=60,
-            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+            reconstruct_temperature=0.01, normalize="sum", implementation="default", gather=0,
         ),
         tome=dict(r=16),
     ),
@@ -87,7 +87,7 @@ SWIN_LARGE_EXPEDITE_PRESETS = {
         enabled=True, method="expedit", location=7,
         expedit=dict(
             grid=8, n_iters=5, cluster_temperature=0.01, locality_window=5, k=10,
-            reconstruct_temperature=0.01, normalize="sum", implementation="default",
+            reconstruct_temperature=0.01, normalize="sum", implementation="default", gather=0,
         ),
         tome=dict(r=11),
     ),

@@ -35,6 +35,8 @@ net.expedite = expedite_node(
     expedit=dict(grid=4, n_iters=5, cluster_temperature=0.1, locality_window=3, k=4, reconstruct_temperature=0.1),
     ailurus=dict(budget=8, threshold=0.0),
     tome=dict(r=32),
+    # Fast-iTPN (method=itpn): half of every window migrates, the global block gathers to 8x8.
+    itpn=dict(keep=0.5, score="neighbour", gather=8),
 )
 # Patch 8 keeps small objects several tokens wide; the pyramid has strides 4, 8, 16 (p2..p4).
 LEVELS = ["p2", "p3", "p4"]

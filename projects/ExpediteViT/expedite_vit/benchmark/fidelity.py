@@ -3,8 +3,8 @@
 Two kinds of measures:
 
 - agreement with the baseline's own outputs, which needs no labels: detections matched one to
-  one (same class, IoU >= 0.5, greedy by score), per-pixel agreement of semantic and panoptic
-  labels, and cosine similarity of backbone features;
+  one (same class, IoU >= 0.5, greedy by score), a video model's tracks likewise by tube IoU,
+  per-pixel agreement of semantic and panoptic labels, and cosine similarity of backbone features;
 - the task metric (e.g. COCO AP by the config's COCOEvaluator) of both models on the same
   labelled images, and its change.
 """
@@ -14,8 +14,10 @@ import copy
 import math
 import os
 from collections import defaultdict
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Tuple
 
+import numpy as np
+import pycocotools.mask as mask_util
 import torch
 import torch.nn.functional as F
 from detectron2.config import instantiate
@@ -24,6 +26,7 @@ from detectron2.structures import Instances, pairwise_iou
 from omegaconf import DictConfig, ListConfig
 
 from ..data.subset import register_image_subset
+from ..evaluation.ytvis import _Track, _tube_ious
 from ..runtime.config import ConfigError
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "TaskMetric",
     "build_evaluator",
     "match_detections",
+    "match_tracks",
 ]
 
 
@@ -60,15 +64,62 @@ def match_detections(
         return len(base), len(fast), []
     ious = pairwise_iou(base.pred_boxes, fast.pred_boxes)
     ious[base.pred_classes[:, None] != fast.pred_classes[None, :]] = -1.0
-    taken = torch.zeros(len(fast), dtype=torch.bool)
+    return len(base), len(fast), _greedy_match(ious, base.scores, iou_threshold)
+
+
+def _greedy_match(ious: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> List[float]:
+    """IoUs of the one-to-one matches of rows (baseline, ``scores``) to columns (expedited):
+    rows best score first, each taking the untaken column of highest IoU if at least
+    ``iou_threshold`` (pairs that may not match hold -1)."""
+    taken = torch.zeros(ious.shape[1], dtype=torch.bool)
     matched = []
-    for row in torch.argsort(base.scores, descending=True, stable=True):
+    for row in torch.argsort(scores, descending=True, stable=True):
         candidates = ious[row].masked_fill(taken, -1.0)
         best = int(candidates.argmax())
         if candidates[best] >= iou_threshold:
             taken[best] = True
             matched.append(float(candidates[best]))
-    return len(base), len(fast), matched
+    return matched
+
+
+def _tube_tracks(output: Mapping, score_threshold: float) -> Tuple[List[_Track], List[int]]:
+    """The tracks of a video model's output (Mask2Former-VIS: "pred_scores", "pred_labels",
+    "pred_masks" (T, H, W) bool) scoring at least ``score_threshold``, as the YouTube-VIS
+    evaluator holds them (an RLE per frame), and their labels."""
+    tracks, labels = [], []
+    for score, label, mask in zip(output["pred_scores"], output["pred_labels"], output["pred_masks"]):
+        if score < score_threshold:
+            continue
+        mask = mask.cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)
+        rles = mask_util.encode(np.asfortranarray(mask.transpose(1, 2, 0).astype(np.uint8)))
+        areas = np.asarray(mask_util.area(rles), dtype=np.int64)
+        tracks.append(_Track(list(rles), areas, float(score), False))
+        labels.append(int(label))
+    return tracks, labels
+
+
+def match_tracks(
+    baseline: Mapping, expedited: Mapping, score_threshold: float, iou_threshold: float = 0.5
+) -> Tuple[int, int, List[float]]:
+    """Match the expedited model's tracks of one video to the baseline's, one to one, by tube IoU
+    (the YouTube-VIS evaluator's: intersections summed over frames / unions summed over frames),
+    as :func:`match_detections` matches detections: same label, baseline tracks best score first.
+    Two tubes empty in every frame agree (IoU 1).
+
+    Returns:
+        (baseline tracks kept, expedited tracks kept, tube IoU of each matched pair)
+    """
+    base, base_labels = _tube_tracks(baseline, score_threshold)
+    fast, fast_labels = _tube_tracks(expedited, score_threshold)
+    if not base or not fast:
+        return len(base), len(fast), []
+    ious = torch.as_tensor(_tube_ious(base, fast), dtype=torch.float64)  # (baseline, expedited)
+    empty_base = torch.tensor([track.areas.sum() == 0 for track in base])
+    empty_fast = torch.tensor([track.areas.sum() == 0 for track in fast])
+    ious[empty_base[:, None] & empty_fast[None, :]] = 1.0
+    ious[torch.tensor(base_labels)[:, None] != torch.tensor(fast_labels)[None, :]] = -1.0
+    scores = torch.tensor([track.score for track in base])
+    return len(base), len(fast), _greedy_match(ious, scores, iou_threshold)
 
 
 def _panoptic_categories(panoptic_seg) -> torch.Tensor:
@@ -84,25 +135,30 @@ def _panoptic_categories(panoptic_seg) -> torch.Tensor:
 class PredictionAgreement:
     """Agreement of the expedited model's predictions with the baseline's, over many images.
 
-    Uses whichever outputs the model gives: "instances" (detections), "sem_seg", "panoptic_seg".
+    Uses whichever outputs the model gives: "instances" (detections), "sem_seg", "panoptic_seg",
+    and a video model's tracks ("pred_masks": one (T, H, W) tube per track, matched by tube IoU).
     """
 
     def __init__(self, score_threshold: float, iou_threshold: float = 0.5):
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
-        self._detections: Optional[Dict] = None  # set by the first image with "instances"
+        # Set by the first input with "instances" / "pred_masks".
+        self._matches: Dict[str, Dict] = {}
         self._pixels: Dict[str, List[int]] = defaultdict(lambda: [0, 0])  # output -> [same, total]
+
+    def _add_matches(self, kind: str, counts: Tuple[int, int, List[float]]) -> None:
+        totals = self._matches.setdefault(kind, {"baseline": 0, "expedited": 0, "matched_ious": []})
+        totals["baseline"] += counts[0]
+        totals["expedited"] += counts[1]
+        totals["matched_ious"].extend(counts[2])
 
     def add(self, baseline: Mapping, expedited: Mapping) -> None:
         if "instances" in baseline:
-            if self._detections is None:
-                self._detections = {"baseline": 0, "expedited": 0, "matched_ious": []}
-            num_base, num_fast, ious = match_detections(
+            self._add_matches("instances", match_detections(
                 baseline["instances"], expedited["instances"], self.score_threshold, self.iou_threshold
-            )
-            self._detections["baseline"] += num_base
-            self._detections["expedited"] += num_fast
-            self._detections["matched_ious"].extend(ious)
+            ))
+        if "pred_masks" in baseline:
+            self._add_matches("tracks", match_tracks(baseline, expedited, self.score_threshold, self.iou_threshold))
         if "sem_seg" in baseline:
             self._add_pixels("sem_seg", baseline["sem_seg"].argmax(0), expedited["sem_seg"].argmax(0))
         if "panoptic_seg" in baseline:
@@ -119,19 +175,21 @@ class PredictionAgreement:
 
     def summary(self) -> Dict:
         summary = {}
-        if self._detections is not None:
-            num_base, num_fast = self._detections["baseline"], self._detections["expedited"]
-            ious = self._detections["matched_ious"]
-            summary["instances"] = {
+        for kind, totals in self._matches.items():
+            num_base, num_fast = totals["baseline"], totals["expedited"]
+            ious = totals["matched_ious"]
+            noun = "detections" if kind == "instances" else kind
+            summary[kind] = {
                 "score_threshold": self.score_threshold,
                 "iou_threshold": self.iou_threshold,
-                "baseline_detections": num_base,
-                "expedited_detections": num_fast,
+                f"baseline_{noun}": num_base,
+                f"expedited_{noun}": num_fast,
                 "matched": len(ious),
-                # Share of the baseline's detections found again, and of the expedited ones that
-                # the baseline also made; None when there is nothing to find.
+                # Share of the baseline's detections (tracks) found again, and of the expedited
+                # ones that the baseline also made; None when there is nothing to find.
                 "recovered": len(ious) / num_base if num_base else None,
                 "precision": len(ious) / num_fast if num_fast else None,
+                # Box IoU for detections, tube IoU for tracks.
                 "mean_iou": sum(ious) / len(ious) if ious else None,
             }
         for output, (same, total) in self._pixels.items():

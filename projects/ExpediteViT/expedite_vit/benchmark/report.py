@@ -107,9 +107,13 @@ def _ratio(value) -> str:
 def _flops_rows(flops: Mapping) -> List[List[str]]:
     rows = []
     labels = {"backbone": "backbone", "backbone_with_pyramid": "backbone + pyramid", "model": "whole model"}
+    per = f" per {flops['per']}" if flops.get("per") else ""  # video models: per clip
     for part, ratio in flops["ratio"].items():
         base, fast = _fmt(flops["baseline"][part], ".2f"), _fmt(flops["expedited"][part], ".2f")
-        rows.append([f"GFLOPs, {labels[part]}", base, fast, _ratio(ratio)])
+        rows.append([f"GFLOPs{per}, {labels[part]}", base, fast, _ratio(ratio)])
+    if "backbone_per_frame" in flops["baseline"]:
+        base, fast = flops["baseline"]["backbone_per_frame"], flops["expedited"]["backbone_per_frame"]
+        rows.append(["GFLOPs per frame, backbone", _fmt(base, ".2f"), _fmt(fast, ".2f"), _ratio(base / fast)])
     fast = flops["expedited"]
     rows.append(
         [
@@ -124,12 +128,13 @@ def _flops_rows(flops: Mapping) -> List[List[str]]:
 
 def _latency_rows(latency: Mapping, reduction: Mapping) -> List[List[str]]:
     rows = []
+    per = f" per {latency['per']}" if latency.get("per") else ""  # video models: per frame
     for part, speedup in latency["speedup"].items():
         base, fast = latency["baseline"][part], latency["expedited"][part]
         label = "backbone" if part == "backbone" else "whole model"
         rows.append(
             [
-                f"latency ms, {label} (median / p90)",
+                f"latency ms{per}, {label} (median / p90)",
                 f"{base['median_ms']:.1f} / {base['p90_ms']:.1f}",
                 f"{fast['median_ms']:.1f} / {fast['p90_ms']:.1f}",
                 _ratio(speedup),
@@ -148,6 +153,15 @@ def _latency_rows(latency: Mapping, reduction: Mapping) -> List[List[str]]:
 
 def _fidelity_rows(fidelity: Mapping) -> List[List[str]]:
     rows = []
+    tracks = fidelity["agreement"].get("tracks")
+    if tracks:
+        rows += [
+            [f"tracks (score >= {tracks['score_threshold']:g})", str(tracks["baseline_tracks"]),
+             str(tracks["expedited_tracks"]), ""],
+            [f"baseline tracks recovered (tube IoU >= {tracks['iou_threshold']:g})", "",
+             _fmt(tracks["recovered"], ".1%"), ""],
+            ["mean tube IoU of matched tracks", "", _fmt(tracks["mean_iou"], ".3f"), ""],
+        ]
     detections = fidelity["agreement"].get("instances")
     if detections:
         rows.append(
@@ -197,7 +211,7 @@ def _fidelity_rows(fidelity: Mapping) -> List[List[str]]:
 
 
 def _memory_rows(memory: Mapping) -> List[List[str]]:
-    return [
+    rows = [
         [
             f"peak memory MiB, {memory['scope']}",
             _fmt(memory["baseline_mib"], ".1f"),
@@ -205,15 +219,28 @@ def _memory_rows(memory: Mapping) -> List[List[str]]:
             _ratio(memory["ratio"]),
         ]
     ]
+    if "rss_method" in memory:  # video models on CPU: the process's resident memory too
+        rows.append(
+            [
+                f"peak RSS growth MiB, {memory['scope']}",
+                _fmt(memory["rss_baseline_mib"], ".1f"),
+                _fmt(memory["rss_expedited_mib"], ".1f"),
+                _ratio(memory["rss_ratio"]),
+            ]
+        )
+    return rows
 
 
 def result_rows(results: Mapping) -> List[List[str]]:
-    return (
-        _flops_rows(results["flops"])
-        + _latency_rows(results["latency_ms"], results["token_reduction_time"])
-        + _memory_rows(results["memory"])
-        + _fidelity_rows(results["fidelity"])
-    )
+    """Table rows of every measure the results hold (a FLOPs-only run holds FLOPs only)."""
+    rows = _flops_rows(results["flops"])
+    if "latency_ms" in results:
+        rows += _latency_rows(results["latency_ms"], results["token_reduction_time"])
+    if "memory" in results:
+        rows += _memory_rows(results["memory"])
+    if "fidelity" in results:
+        rows += _fidelity_rows(results["fidelity"])
+    return rows
 
 
 def _target_lines(targets: Mapping) -> List[str]:
@@ -231,15 +258,33 @@ def _target_lines(targets: Mapping) -> List[str]:
 def format_table(results: Mapping) -> str:
     """The results as a terminal table, followed by the target checks."""
     table = tabulate(result_rows(results), headers=HEADERS, tablefmt="simple", disable_numparse=True)
+    if "targets" not in results:
+        return table
     return table + "\n\n" + "\n".join(_target_lines(results["targets"]))
+
+
+def _inputs_line(results: Mapping) -> str:
+    inputs, settings = results["inputs"], results["settings"]
+    sizes = ", ".join("x".join(map(str, s)) for s in inputs["backbone_input_sizes"])
+    source = inputs["source"] + (f", {inputs['dataset']}" if inputs.get("dataset") else "")
+    timed = "" if "latency_ms" not in results else (
+        f", {settings['warmup']} warm-up + {settings['iters']} timed iterations"
+    )
+    if "num_clips" in inputs:
+        frames = sorted(set(inputs["frames"]))
+        chunk = inputs.get("frame_chunk")
+        return (
+            f"- clips: {inputs['num_clips']} ({source}) of {', '.join(map(str, frames))} frames, "
+            f"backbone input {sizes} per frame, frame_chunk {chunk if chunk else 'none (all frames at once)'}"
+            f"{timed}"
+        )
+    return f"- images: {inputs['num_images']} ({source}), backbone input {sizes}, batch 1{timed}"
 
 
 def markdown_section(results: Mapping, title: str) -> str:
     """A self-describing markdown section: the command, the machine, the table, the targets."""
-    env, inputs, model = results["environment"], results["inputs"], results["model"]
+    env, model = results["environment"], results["model"]
     settings = results["settings"]
-    sizes = ", ".join("x".join(map(str, s)) for s in inputs["backbone_input_sizes"])
-    source = inputs["source"] + (f", {inputs['dataset']}" if inputs.get("dataset") else "")
     lines = [
         f"### {title}",
         "",
@@ -251,14 +296,17 @@ def markdown_section(results: Mapping, title: str) -> str:
         f"- device: {env['device_name']} ({env['device']}), torch {env['torch']}, detectron2 "
         f"{env['detectron2']}, {env['threads']} threads, amp: {settings['amp']}",
         f"- weights: {model['checkpoint'] or model['weights']}",
-        f"- images: {inputs['num_images']} ({source}), backbone input {sizes}, batch 1, "
-        f"{settings['warmup']} warm-up + {settings['iters']} timed iterations",
-        f"- memory: {results['memory']['method']}",
+        _inputs_line(results),
+    ]
+    if "memory" in results:
+        memory = results["memory"]
+        lines.append(f"- memory: {memory['method']}" + (f"; {memory['rss_method']}" if "rss_method" in memory else ""))
+    lines += [
         "",
         tabulate(result_rows(results), headers=HEADERS, tablefmt="pipe", disable_numparse=True),
         "",
     ]
-    lines += [f"- {line}" for line in _target_lines(results["targets"])]
+    lines += [f"- {line}" for line in _target_lines(results.get("targets", {}))]
     return "\n".join(lines) + "\n"
 
 

@@ -48,7 +48,18 @@ from ..runtime.models import (
 from .report import environment_info
 from .timing import PeakMemory, SubmoduleTimer, latency_summary, time_interleaved
 
-__all__ = ["AMP_DTYPES", "BenchmarkSettings", "check_targets", "resolve_num_images", "run_benchmark"]
+__all__ = [
+    "AMP_DTYPES",
+    "BenchmarkSettings",
+    "check_targets",
+    "flops_ratios",
+    "gflops_summary",
+    "inference_context",
+    "latency_result",
+    "model_description",
+    "resolve_num_images",
+    "run_benchmark",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -189,13 +200,24 @@ def measure_flops(
                     totals[key] += value
                 if not settings.backbone_only:
                     totals["model"] += _model_flops(model, inputs[index])
-            gflops = {key: value / count / GIGA for key, value in totals.items()}
-            gflops["token_reduction"] = sum(gflops[kind] for kind in TOKEN_REDUCTION_KINDS)
-            gflops["token_reduction_share"] = gflops["token_reduction"] / gflops["backbone"]
-            result[name] = gflops
-    parts = [p for p in ("backbone", "backbone_with_pyramid", "model") if p in result["baseline"]]
-    result["ratio"] = {p: result["baseline"][p] / result["expedited"][p] for p in parts}
+            result[name] = gflops_summary(totals, count)
+    result["ratio"] = flops_ratios(result)
     return result
+
+
+def gflops_summary(totals: Mapping[str, float], count: int) -> Dict[str, float]:
+    """Summed FLOPs over ``count`` inputs -> mean GFLOPs, with the token-reduction layers' total
+    and their share of the backbone's."""
+    gflops = {key: value / count / GIGA for key, value in totals.items()}
+    gflops["token_reduction"] = sum(gflops.get(kind, 0.0) for kind in TOKEN_REDUCTION_KINDS)
+    gflops["token_reduction_share"] = gflops["token_reduction"] / gflops["backbone"]
+    return gflops
+
+
+def flops_ratios(result: Mapping) -> Dict[str, float]:
+    """baseline / expedited of every counted part."""
+    parts = [p for p in ("backbone", "backbone_with_pyramid", "model") if p in result["baseline"]]
+    return {p: result["baseline"][p] / result["expedited"][p] for p in parts}
 
 
 def _calls(
@@ -226,7 +248,13 @@ def measure_latency(
     calls = _calls(models, inputs, backbone_x, settings.backbone_only)
     with inference_context(device, settings.amp):
         times = time_interleaved(calls, len(inputs), settings.warmup, settings.iters, device)
-    result = {"warmup": settings.warmup, "batch_size": 1}
+    return latency_result(times, {"warmup": settings.warmup, "batch_size": 1})
+
+
+def latency_result(times: Mapping[Tuple[str, str], Sequence[float]], info: Mapping) -> Dict:
+    """{model: {part: latency summary}}, the speed-up of each part, and ``info``, from the
+    seconds of each (model name, part)."""
+    result = dict(info)
     for (name, part), seconds in times.items():
         result.setdefault(name, {})[part] = latency_summary(seconds)
     result["speedup"] = {
@@ -375,7 +403,7 @@ def check_targets(results: Mapping) -> Dict:
     }
 
 
-def _model_description(cfg: DictConfig) -> Dict:
+def model_description(cfg: DictConfig) -> Dict:
     checkpoint = checkpoint_path(cfg)
     nodes = expedite_nodes(cfg.model)
     return {
@@ -400,7 +428,7 @@ def run_benchmark(cfg: DictConfig, settings: BenchmarkSettings, command: str = "
         "command": command,
         "environment": environment_info(device),
         "settings": asdict(settings),
-        "model": _model_description(cfg),
+        "model": model_description(cfg),
         "inputs": inputs_info,
     }
     logger.info("Counting FLOPs ...")

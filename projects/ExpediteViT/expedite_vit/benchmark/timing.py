@@ -6,6 +6,9 @@ otherwise a timer measures only how fast Python queues kernels.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import os
 import time
 from collections import defaultdict
@@ -17,6 +20,7 @@ from torch import nn
 
 __all__ = [
     "PeakMemory",
+    "PeakRSS",
     "SubmoduleTimer",
     "latency_summary",
     "synchronize",
@@ -176,6 +180,60 @@ class PeakMemory:
 
     def _record(self, extra_bytes: int) -> None:
         self.peak_bytes = max(self.peak_bytes, extra_bytes)
+
+    @property
+    def peak_mib(self) -> Optional[float]:
+        return None if self.peak_bytes is None else self.peak_bytes / 2**20
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+class PeakRSS:
+    """Largest growth of the process's resident set size (RSS) during a measured call, above the
+    RSS before it: what the call costs the machine, allocator and library scratch space included
+    (:class:`PeakMemory` counts tensors only). Linux only.
+
+    Before each call, freed heap memory is handed back to the system (glibc ``malloc_trim``) and
+    the kernel's high-water mark is reset (``/proc/self/clear_refs``), so one model's pages do not
+    hide the next one's needs; after it, the high-water mark (``VmHWM``) is read. Without these
+    (another OS or C library) ``peak_bytes`` is None.
+    """
+
+    method = "peak RSS growth during the forward (VmHWM reset by /proc/self/clear_refs, after malloc_trim)"
+
+    def __init__(self):
+        self.peak_bytes: Optional[int] = 0
+        self._trim = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            self._trim = libc.malloc_trim
+            self._reset_high_water_mark()
+            _status_kib("VmHWM")
+        except (OSError, AttributeError):
+            self.peak_bytes = None
+
+    @staticmethod
+    def _reset_high_water_mark() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        if self.peak_bytes is None:
+            yield
+            return
+        gc.collect()
+        self._trim(0)
+        self._reset_high_water_mark()
+        before = _status_kib("VmRSS")
+        yield
+        self.peak_bytes = max(self.peak_bytes, (_status_kib("VmHWM") - before) * 1024)
 
     @property
     def peak_mib(self) -> Optional[float]:
