@@ -378,3 +378,6 @@ def test_overriding_a_method_that_does_not_run_is_refused():
         load_config(str(TINY_CONFIG), [f"{node}.method=tome", f"{node}.expedit.grid=2"])
     cfg = load_config(str(TINY_CONFIG), [f"{node}.method=tome", f"{node}.tome.r=3"])
     assert cfg.model.backbone.net.expedite.tome.r == 3
+    # A tool that runs other methods too (benchmark --methods) takes their settings.
+    cfg = load_config(str(TINY_CONFIG), [f"{node}.itpn.gather=2"], methods=["expedit", "itpn"])
+    assert cfg.model.backbone.net.expedite.itpn.gather == 2

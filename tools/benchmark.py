@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             raise ValueError("--match-flops needs --methods")
         if args.match_only and not args.match_flops:
             raise ValueError("--match-only needs --match-flops")
-        cfg = load_checked_config(args.config_file, args.opts, device=args.device)
+        cfg = load_checked_config(args.config_file, args.opts, device=args.device, methods=methods or ())
         video = is_video_model(cfg)
         if video and _given(args, IMAGE_ONLY_FLAGS):
             raise ValueError(

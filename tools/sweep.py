@@ -215,7 +215,7 @@ def main(argv=None) -> int:
             check_target(args.target_speedup)
         grids = [parse_grid(text) for text in args.grid]
         args.published = parse_published(args.published)
-        cfg = load_checked_config(args.config_file, args.opts, device=args.device)
+        cfg = load_checked_config(args.config_file, args.opts, device=args.device, methods=args.methods)
         settings = resolve_num_images(settings)  # the config registers datasets: after loading it
         points = build_points(cfg, grids, args.methods)
         identity = sweep_identity(args.config_file, args.opts, cfg, settings)

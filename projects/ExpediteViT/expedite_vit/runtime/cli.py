@@ -60,17 +60,19 @@ def tool_parser(script: str, doc: str, dataset_help: str = "") -> argparse.Argum
 
 
 def load_checked_config(
-    config_file: str, overrides: Sequence[str], device: Optional[str] = None, device_setting: str = "--device"
+    config_file: str, overrides: Sequence[str], device: Optional[str] = None, device_setting: str = "--device",
+    methods: Sequence[str] = (),
 ) -> DictConfig:
     """The start-up every entry point shares, before any model is built or file written: the
     config with its overrides (keys; type and range of every token-reduction setting), those
     settings against the model they go into, and the device (``device``, given as
-    ``device_setting``, or the config's ``train.device``).
+    ``device_setting``, or the config's ``train.device``). ``methods``: methods the tool runs
+    besides the config's, whose settings may be overridden too.
 
     Raises:
         ConfigError: one line naming the key or flag, the value and what is allowed.
     """
-    cfg = load_config(config_file, overrides)
+    cfg = load_config(config_file, overrides, methods=methods)
     check_model_settings(cfg)
     if device is None:
         check_device(cfg.train.device)

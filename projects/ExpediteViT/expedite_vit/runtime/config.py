@@ -130,10 +130,12 @@ def check_override_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
             _check_key_exists(cfg, key)
 
 
-def load_config(config_file: str, overrides: Optional[Sequence[str]] = None) -> DictConfig:
+def load_config(
+    config_file: str, overrides: Optional[Sequence[str]] = None, methods: Sequence[str] = ()
+) -> DictConfig:
     """``LazyConfig.load`` then ``LazyConfig.apply_overrides``, refusing unknown override keys,
     then :func:`check_expedite_settings`: every setting the user can get wrong is checked here,
-    before any caller writes anything."""
+    before any caller writes anything. ``methods``: as :func:`check_method_overrides`."""
     if not os.path.isfile(config_file):
         raise ConfigError(f"config file {config_file!r} does not exist")
     cfg = LazyConfig.load(config_file)
@@ -152,20 +154,21 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None) -> 
                 f"(the shell does not expand '~' after '='; use $HOME)"
             ) from error
     check_expedite_settings(cfg)
-    check_method_overrides(cfg, overrides)
+    check_method_overrides(cfg, overrides, methods)
     return cfg
 
 
-def check_method_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+def check_method_overrides(cfg: DictConfig, overrides: Sequence[str], methods: Sequence[str] = ()) -> None:
     """Refuse an override of a method's settings when the node runs another method: it would be
-    ignored (``expedite.expedit.grid=8`` with ``expedite.method=tome``)."""
+    ignored (``expedite.expedit.grid=8`` with ``expedite.method=tome``). ``methods``: methods a
+    tool runs besides the config's (``tools/benchmark.py --methods``), whose settings count."""
     nodes = dict(expedite_nodes(cfg.get("model")))
     for override in overrides:
         key, value, _ = split_override(override)
         for path, node in nodes.items():
             method, _, field = key[len(path) + 1 :].partition(".") if key.startswith(path + ".") else ("", "", "")
             chosen = node.get("method", "expedit")
-            if field and method in METHODS and method != chosen:
+            if field and method in METHODS and method != chosen and method not in methods:
                 valid = ", ".join(f"{path}.{chosen}.{name}" for name in METHODS[chosen].setting_names())
                 raise ConfigError(
                     f"{key}={value} is a setting of method {method!r}, but {path}.method={chosen!r}: "
