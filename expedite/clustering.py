@@ -181,18 +181,24 @@ def cluster_tokens(
     token_mask: Optional[torch.Tensor] = None,
     *,
     own_cell: str = "centre",
+    initial_centres: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, ClusterContext]:
     """Cluster each token map into a smaller map of centres by local soft k-means.
 
     Args:
         x: (G, H, W, C) token maps.
         grid: (h, w) centres per map, ``h <= H`` and ``w <= W``.
-        n_iters: rounds of soft k-means after the pooled initialisation.
+        n_iters: rounds of soft k-means after the initialisation (pooled, or ``initial_centres``).
         temperature: multiplier ``t`` of the assignment ``softmax(-t * squared distance)``.
         radius: a token may join centres within ``radius`` cells of its own cell.
         token_mask: (G, H, W) bool, False for padding tokens that must not shape any centre.
         own_cell: which grid cell centres a token's locality window: "centre" (ours, the cell
             whose centre is nearest) or "floor" (the official code's, ``floor(i * h / H)``).
+        initial_centres: (G, h, w, C) centres the soft k-means starts from, in place of the
+            masked average pooling (e.g. the previous video frame's final centres,
+            ``context.centres``: the temporal warm start); taken in float32, no gradient flows
+            into them. Which centres exist is still decided by ``token_mask`` (a cell with no
+            valid token gives a zero centre whatever its initial value). None: pooling.
 
     Returns:
         centres: (G, h, w, C) in ``x.dtype``; centres of cells with no valid token are zero.
@@ -208,6 +214,16 @@ def cluster_tokens(
         if token_mask is None:
             token_mask = torch.ones(groups, height, width, dtype=torch.bool, device=x.device)
         centres, centre_valid = _initial_centres(x32, token_mask, grid)
+        if initial_centres is not None:
+            expected = (groups, grid_h, grid_w, channels)
+            if tuple(initial_centres.shape) != expected:
+                raise ValueError(
+                    f"initial_centres of shape {tuple(initial_centres.shape)} do not fit the clustering "
+                    f"of {groups} groups to {grid_h}x{grid_w} centres of {channels} channels; expected {expected}"
+                )
+            centres = initial_centres.detach().to(device=x.device, dtype=torch.float32).reshape(
+                groups, grid_h * grid_w, channels
+            )
         tokens = x32.reshape(groups, height * width, channels)
         layout = grid_layout(height, width, grid_h, grid_w, radius, x.device, own_cell)
 

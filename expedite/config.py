@@ -196,6 +196,12 @@ class ExpeditSettings(_Settings):
             reproduce published numbers.
         gather: Fast-iTPN's token gathering on top of Expedit (see :class:`ITPNSettings`), in the
             global blocks that run on the clustered map; 0 (default) is off.
+        warm_start: temporal warm start (video only, beyond the paper; off by default): inside a
+            frame sequence that a video model declares
+            (:meth:`expedite.TokenReduction.frame_sequence`, entered by ``VideoMaskFormer`` per
+            video), each frame's soft k-means starts from the previous frame's final centres
+            instead of average pooling (the first frame pools). Anywhere else, e.g. an image
+            model's batch of independent images, it is ignored: images are never linked.
     """
 
     _KEY: ClassVar[str] = "expedite.expedit"
@@ -210,6 +216,7 @@ class ExpeditSettings(_Settings):
         "normalize": _choice_check(NORMALIZATIONS),
         "implementation": _choice_check(IMPLEMENTATIONS),
         "gather": _int_check(0),
+        "warm_start": _check_bool,
     }
 
     grid: Union[int, Sequence[int]] = 7
@@ -221,6 +228,7 @@ class ExpeditSettings(_Settings):
     normalize: str = "sum"
     implementation: str = "default"
     gather: int = 0
+    warm_start: bool = False
 
     @property
     def radius(self) -> int:

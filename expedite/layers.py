@@ -17,9 +17,10 @@ for the old shift) are the Swin host's, in ``SwinStage.forward``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any, Dict, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -38,12 +39,13 @@ from .tokens import (
     tokens_to_map,
 )
 from .tome import bipartite_soft_matching
-from .windows import WindowClusterState, cluster_windows, reconstruct_windows
+from .windows import WindowClusterState, cluster_frames, cluster_windows, reconstruct_windows
 
 __all__ = [
     "BipartiteMerging",
     "DensityPeakMerging",
     "ExpediteHost",
+    "FrameSequence",
     "ReducedMap",
     "TokenClusteringLayer",
     "TokenMigration",
@@ -93,19 +95,41 @@ class ReducedMap:
     clusters: WindowClusterState
 
 
+@dataclass
+class FrameSequence:
+    """The temporal warm start's state while a video model runs the frames of one video through
+    a host (:meth:`TokenReduction.frame_sequence`).
+
+    Attributes:
+        centres: (nH * nW, h, w, C) float32 final centres of every window of the last frame
+            clustered so far (None before the first frame): the next frame starts from them.
+        frames: frames clustered so far.
+    """
+
+    centres: Optional[torch.Tensor] = None
+    frames: int = 0
+
+
 class TokenClusteringLayer(TokenReducer):
-    """Expedit: clusters each attention window of a (B, H, W, C) map to ``expedit.grid`` centres."""
+    """Expedit: clusters each attention window of a (B, H, W, C) map to ``expedit.grid`` centres.
+
+    Given a :class:`FrameSequence` (only when the batch is known to be consecutive frames of one
+    video), the frames are clustered in order, each starting from the previous frame's centres
+    (:func:`expedite.windows.cluster_frames`), and the sequence is advanced to the last frame's."""
 
     def __init__(self, config: ExpediteConfig, window: int):
         super().__init__(config)
         self.window = window
 
-    def forward(self, x: torch.Tensor) -> ReducedMap:
+    def forward(self, x: torch.Tensor, frames: Optional[FrameSequence] = None) -> ReducedMap:
         cfg = self.config.expedit
-        reduced, clusters = cluster_windows(
-            x, self.window, cfg.grid, cfg.n_iters, cfg.cluster_temperature, cfg.radius,
-            **clustering_flags(self.config),
-        )
+        args = (x, self.window, cfg.grid, cfg.n_iters, cfg.cluster_temperature, cfg.radius)
+        if frames is None:
+            reduced, clusters = cluster_windows(*args, **clustering_flags(self.config))
+            return ReducedMap(reduced, clusters)
+        reduced, clusters = cluster_frames(*args, **clustering_flags(self.config), initial_centres=frames.centres)
+        frames.centres = clusters.centres[-(clusters.num_windows[0] * clusters.num_windows[1]):]
+        frames.frames += int(x.shape[0])
         return ReducedMap(reduced, clusters)
 
     def extra_repr(self) -> str:
@@ -113,7 +137,7 @@ class TokenClusteringLayer(TokenReducer):
         return (
             f"window={self.window}, grid={cfg.grid}, n_iters={cfg.n_iters}, "
             f"t={cfg.cluster_temperature}, locality_window={cfg.locality_window}, "
-            f"implementation={cfg.implementation!r}"
+            f"implementation={cfg.implementation!r}, warm_start={cfg.warm_start}"
         )
 
 
@@ -257,6 +281,8 @@ class TokenReduction(nn.Module):
         self.migration = TokenMigration(config)
         self.unmerging = TokenUnmerging(config)
         self._config = config
+        # Set only inside frame_sequence(); None: the batch's items are independent images.
+        self._frames: Optional[FrameSequence] = None
 
     @property
     def config(self) -> ExpediteConfig:
@@ -274,13 +300,38 @@ class TokenReduction(nn.Module):
                       self.unmerging):
             layer.config = config
 
+    @property
+    def warm_start(self) -> bool:
+        """True when these settings link the frames of a :meth:`frame_sequence` (Expedit on, with
+        ``expedit.warm_start``); a video model only then needs to declare its frame sequences."""
+        cfg = self.config
+        return cfg.enabled and cfg.method == "expedit" and cfg.expedit.warm_start
+
+    @contextlib.contextmanager
+    def frame_sequence(self) -> Iterator[FrameSequence]:
+        """Declare that, until the context exits, the batches :meth:`reduce` gets are the
+        consecutive frames of ONE video, in order, over any number of calls (a video model's
+        frame chunks). With ``expedit.warm_start`` each frame's clustering then starts from the
+        previous frame's final centres; otherwise nothing changes. Outside this context (every
+        image model) batch items are independent and never linked. Not re-entrant: one video at
+        a time; the state is dropped when the context exits.
+        """
+        if self._frames is not None:
+            raise RuntimeError("TokenReduction.frame_sequence(): already inside a frame sequence (one video at a time)")
+        self._frames = FrameSequence()
+        try:
+            yield self._frames
+        finally:
+            self._frames = None
+
     def reduce(self, x: torch.Tensor, block: TokenBlock) -> Union[ReducedMap, TokenSet, torch.Tensor]:
         """The reduced state of the (B, H, W, C) map ``x`` before the host's ``block`` (the first
         to run reduced): a :class:`ReducedMap`, a :class:`~expedite.tokens.TokenSet`, or ``x``
-        itself when the method keeps the full map (:attr:`ExpediteConfig.keeps_map`)."""
+        itself when the method keeps the full map (:attr:`ExpediteConfig.keeps_map`). Inside a
+        :meth:`frame_sequence` with ``expedit.warm_start``, the batch is clustered as frames."""
         method = self.config.method
         if method == "expedit":
-            return self.clustering(x)
+            return self.clustering(x, self._frames if self.config.expedit.warm_start else None)
         if self.config.keeps_map:
             return x
         tokens = tokens_from_map(x, self.window)

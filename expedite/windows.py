@@ -10,18 +10,22 @@ With ``mask_padding=False`` (the official code's behaviour) the zero padding tok
 clustering like real tokens and the reduced map keeps the centres of every padded window
 (``num_windows * grid`` per side, e.g. 64x64 with 14x14 windows to 7x7 gives 35x35, not 32x32):
 the later blocks run on that map, and reconstruction crops back to ``H x W`` at the end.
+
+Temporal warm start (opt-in, video): :func:`cluster_frames` clusters a batch that is a sequence of
+frames of one video in order, each frame's soft k-means starting from the previous frame's final
+centres (``initial_centres`` of :func:`cluster_windows`) instead of from average pooling.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .clustering import ClusterContext, cluster_tokens, reconstruct_tokens
 
-__all__ = ["WindowClusterState", "cluster_windows", "reconstruct_windows", "reduced_length"]
+__all__ = ["WindowClusterState", "cluster_frames", "cluster_windows", "reconstruct_windows", "reduced_length"]
 
 
 def reduced_length(length: int, window: int, cells: int, *, mask_padding: bool = True) -> int:
@@ -64,6 +68,13 @@ class WindowClusterState:
     window: int
     grid: Tuple[int, int]
 
+    @property
+    def centres(self) -> torch.Tensor:
+        """(B * nH * nW, h, w, C) float32 final centres of every window (frame-major, windows
+        row-major; zero where a cell holds no real token), detached: what ``initial_centres``
+        of :func:`cluster_windows` takes."""
+        return self.context.centres.reshape(-1, *self.grid, self.context.centres.shape[-1])
+
 
 def cluster_windows(
     x: torch.Tensor,
@@ -75,6 +86,7 @@ def cluster_windows(
     *,
     own_cell: str = "centre",
     mask_padding: bool = True,
+    initial_centres: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, WindowClusterState]:
     """Cluster every ``window x window`` window of a map to ``grid`` centres.
 
@@ -86,6 +98,9 @@ def cluster_windows(
         mask_padding: True (ours): padding tokens are masked out and the reduced map is cropped
             to the centres holding real tokens. False (official): the zero padding tokens are
             clustered like real ones and the reduced map is not cropped.
+        initial_centres: (B * nH * nW, h, w, C) centres every window's soft k-means starts from
+            instead of average pooling (``nH = ceil(H / window)``, ``nW`` likewise; the layout of
+            :attr:`WindowClusterState.centres`), taken in float32 without gradient. None: pooling.
 
     Returns:
         reduced: (B, H', W', C) with ``H' = reduced_length(H, window, h, mask_padding=...)``
@@ -101,13 +116,72 @@ def cluster_windows(
         mask = torch.ones(batch, height, width, 1, dtype=x.dtype, device=x.device)
         valid = _partition(_pad_to(mask, n_h * window, n_w * window), window, window)[..., 0] > 0
     centres, context = cluster_tokens(
-        padded, grid, n_iters, temperature, radius, token_mask=valid, own_cell=own_cell
+        padded, grid, n_iters, temperature, radius, token_mask=valid, own_cell=own_cell,
+        initial_centres=initial_centres,
     )
     reduced = _merge(centres, (n_h, n_w))
     out_h = reduced_length(height, window, grid[0], mask_padding=mask_padding)
     out_w = reduced_length(width, window, grid[1], mask_padding=mask_padding)
     state = WindowClusterState(context, (height, width), (n_h, n_w), window, tuple(grid))
     return reduced[:, :out_h, :out_w].contiguous(), state
+
+
+def _concat_states(states: Sequence[WindowClusterState]) -> WindowClusterState:
+    """The states of consecutive batches (same map size, windows and grid) as one state."""
+    if len(states) == 1:
+        return states[0]
+    contexts = [s.context for s in states]
+    context = ClusterContext(
+        torch.cat([c.tokens for c in contexts]),
+        torch.cat([c.centres for c in contexts]),
+        torch.cat([c.centre_valid for c in contexts]),
+        contexts[0].size,
+    )
+    first = states[0]
+    return WindowClusterState(context, first.size, first.num_windows, first.window, first.grid)
+
+
+def cluster_frames(
+    x: torch.Tensor,
+    window: int,
+    grid: Tuple[int, int],
+    n_iters: int,
+    temperature: float,
+    radius: int,
+    *,
+    own_cell: str = "centre",
+    mask_padding: bool = True,
+    initial_centres: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, WindowClusterState]:
+    """Temporal warm start: :func:`cluster_windows` on the ``B`` consecutive frames of ONE video,
+    one frame at a time in batch order. Frame 0 starts from ``initial_centres`` (the final centres
+    of the frame before it, e.g. the last frame of the previous chunk) or, when None, from average
+    pooling; frame ``t > 0`` starts from frame ``t - 1``'s final centres (after its ``n_iters``
+    rounds). Only for a batch known to be a frame sequence: it links the batch's items.
+
+    Args:
+        x: (B, H, W, C) token maps of B consecutive frames, in order.
+        window, grid, n_iters, temperature, radius, own_cell, mask_padding: as in
+            :func:`cluster_windows`.
+        initial_centres: (nH * nW, h, w, C) starting centres of frame 0 (one frame's
+            :attr:`WindowClusterState.centres`), or None.
+
+    Returns:
+        reduced: (B, H', W', C), as :func:`cluster_windows` lays it out.
+        state: for :func:`reconstruct_windows`, covering all B frames; the last frame's final
+            centres, to start the next frame, are ``state.centres[-nH * nW:]``.
+    """
+    reduced, states = [], []
+    previous = initial_centres
+    for frame in x.split(1):
+        frame_reduced, state = cluster_windows(
+            frame, window, grid, n_iters, temperature, radius, own_cell=own_cell,
+            mask_padding=mask_padding, initial_centres=previous,
+        )
+        reduced.append(frame_reduced)
+        states.append(state)
+        previous = state.centres
+    return torch.cat(reduced), _concat_states(states)
 
 
 def reconstruct_windows(

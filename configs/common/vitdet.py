@@ -14,6 +14,7 @@ VITDET_EXPEDITE_PRESETS = {
         expedit=dict(
             grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
             reconstruct_temperature=0.01, normalize="sum", implementation="default", gather=0,
+            warm_start=False,
         ),
         tome=dict(r=98),
     ),
@@ -26,9 +27,13 @@ VITDET_EXPEDITE_PRESETS = {
         expedit=dict(
             grid=7, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
             reconstruct_temperature=0.01, normalize="sum", implementation="default", gather=0,
+            warm_start=False,
         ),
         ailurus=dict(budget=16, neighbourhood=5, density_k=5, threshold=-1.0),
         tome=dict(r=31),
+        # Fast-iTPN (method=itpn) at the same FLOPs: 16x16 gathering tokens in the global blocks
+        # and 18% of every window kept from block 8 on (keep matched by --match-flops: 2.086x).
+        itpn=dict(keep=0.1779, score="neighbour", gather=16),
     ),
     # 2978.5 -> 1449.7 GFLOPs, 2.05x. ToMe at the same FLOPs: r=13 (2.05x).
     "huge": dict(
@@ -36,6 +41,7 @@ VITDET_EXPEDITE_PRESETS = {
         expedit=dict(
             grid=8, n_iters=5, cluster_temperature=0.01, locality_window=5, k=20,
             reconstruct_temperature=0.01, normalize="sum", implementation="default", gather=0,
+            warm_start=False,
         ),
         tome=dict(r=13),
     ),

@@ -5,6 +5,7 @@ video-level objects (tubes) in the features of all frames of a video. The state_
 the official YouTube-VIS checkpoints (the image model's keys; K = 40 classes there).
 """
 
+import contextlib
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -14,6 +15,8 @@ from torch.nn import functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.structures import BitMasks
 from detectron2.utils.memory import retry_if_cuda_oom
+
+from expedite import TokenReduction
 
 from ..mask2former.meta_arch import MaskClassificationModel, MaskFormerHead, build_mask2former_head
 from .transformer_decoder import VideoMultiScaleMaskedTransformerDecoder
@@ -50,6 +53,14 @@ class VideoMaskFormer(MaskClassificationModel):
     video decoder works per frame (Swin with or without token reduction, LayerNorm, GroupNorm,
     frozen BatchNorm). It bounds the backbone's activation memory; the decoder's inputs (three
     feature levels and the stride-4 mask features of every frame) still grow with the video.
+
+    Temporal warm start (opt-in, ``expedite.expedit.warm_start``): the model is the one place that
+    knows its backbone batches are consecutive frames of one video, so around each video's
+    backbone calls it enters :meth:`expedite.TokenReduction.frame_sequence` on every token
+    reduction of the backbone that warm-starts (:attr:`~expedite.TokenReduction.warm_start`).
+    Each frame's clustering then starts from the previous frame's centres, across chunks too (the
+    last frame of a chunk starts the next chunk), so chunking still gives the same features; a
+    chunk then never holds frames of two videos. With warm start off nothing of this runs.
     """
 
     def __init__(
@@ -128,20 +139,53 @@ class VideoMaskFormer(MaskClassificationModel):
             batch[i, :, : frame.shape[-2], : frame.shape[-1]] = (frame - self.pixel_mean) / self.pixel_std
         return batch
 
+    def warm_start_reductions(self) -> List[TokenReduction]:
+        """The backbone's token reductions whose settings link consecutive frames (temporal warm
+        start); empty when warm start is off (the default)."""
+        return [m for m in self.backbone.modules() if isinstance(m, TokenReduction) and m.warm_start]
+
     def frame_features(
-        self, frames: Sequence[torch.Tensor], padded_size: Tuple[int, int]
+        self,
+        frames: Sequence[torch.Tensor],
+        padded_size: Tuple[int, int],
+        frames_per_video: Optional[int] = None,
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """
         Backbone and pixel decoder over ``frames``, ``frame_chunk`` at a time.
 
         Args:
-            frames: N (C, H, W) frames in the model's input format.
+            frames: N (C, H, W) frames in the model's input format, video after video, each
+                video's frames in order.
             padded_size: (H', W') every frame is padded to.
+            frames_per_video: frames of each video (N a multiple of it); None: the N frames are
+                one video. Only used by the temporal warm start (one frame sequence per video).
 
         Returns:
             mask_features (N, mask_dim, H'/4, W'/4) and the multi-scale features, coarse to fine,
             each (N, conv_dim, H_l, W_l).
         """
+        reductions = self.warm_start_reductions()
+        if not reductions:
+            return self._chunked_features(frames, padded_size)
+        per_video = frames_per_video or len(frames)
+        if len(frames) % per_video:
+            raise ValueError(f"{len(frames)} frames are not whole videos of {per_video} frames")
+        masks, levels = [], []
+        for start in range(0, len(frames), per_video):
+            with contextlib.ExitStack() as sequences:
+                for reduction in reductions:
+                    sequences.enter_context(reduction.frame_sequence())
+                mask_features, multi_scale = self._chunked_features(frames[start : start + per_video], padded_size)
+            masks.append(mask_features)
+            levels.append(multi_scale)
+        if len(masks) == 1:
+            return masks[0], levels[0]
+        return torch.cat(masks, dim=0), [torch.cat(level, dim=0) for level in zip(*levels)]
+
+    def _chunked_features(
+        self, frames: Sequence[torch.Tensor], padded_size: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """:meth:`frame_features` over ``frames`` in chunks of ``frame_chunk``."""
         chunk = self.frame_chunk or len(frames)
         mask_chunks, level_chunks = [], []
         for start in range(0, len(frames), chunk):
@@ -180,7 +224,7 @@ class VideoMaskFormer(MaskClassificationModel):
             )
         frames, num_frames = self._frames(batched_inputs)
         padded_size = self._padded_size(frames)
-        mask_features, multi_scale = self.frame_features(frames, padded_size)
+        mask_features, multi_scale = self.frame_features(frames, padded_size, num_frames)
         outputs = self.sem_seg_head.predictor(
             multi_scale, mask_features, num_videos=len(batched_inputs)
         )
