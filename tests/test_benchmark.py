@@ -410,3 +410,24 @@ def test_undefined_metrics_are_printed_as_n_a():
     cells = [cell for row in _fidelity_rows(fidelity) for cell in row]
     assert not any("nan" in cell.lower() for cell in cells)
     assert cells.count("n/a") >= 5 and "40.00 (-10.00)" in cells
+
+
+def test_flops_only_counts_both_models_and_times_nothing(tiny_coco_dir, benchmark_run, tmp_path):
+    argv = [
+        "--config-file", str(TINY_CONFIG), "--dataset", TEST_DATASET, "--num-images", "2", "--flops-only",
+        "--output-json", str(tmp_path / "flops.json"), "--output-md", str(tmp_path / "flops.md"),
+    ]
+    assert load_tool().main(argv) == 0
+    results = json.loads((tmp_path / "flops.json").read_text())
+    assert not {"latency_ms", "memory", "fidelity", "targets"} & results.keys()
+    # The same counts as the full run's, which measured the same images.
+    assert results["flops"] == benchmark_run[1]["flops"]
+    markdown = (tmp_path / "flops.md").read_text()
+    assert "GFLOPs, backbone" in markdown and "latency" not in markdown
+
+
+def test_flops_only_is_refused_with_methods(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool().main(["--config-file", str(TINY_CONFIG), "--methods", "expedit,tome", "--flops-only"])
+    assert exit_info.value.code != 0
+    assert "--flops-only: not with --methods" in capsys.readouterr().err

@@ -15,6 +15,8 @@ Usage:
     python tools/benchmark.py --config-file CONFIG --dataset coco_2017_val --num-images 100 \\
         train.init_checkpoint=model_final.pkl model.backbone.net.expedite.expedit.grid=8
     python tools/benchmark.py --config-file CONFIG --methods expedit,ailurus,tome --match-flops ...
+    python tools/benchmark.py --config-file CONFIG --backbone-only --image-size 1024 --flops-only \
+        train.init_checkpoint= model.backbone.net.expedite.method=itpn   # FLOPs of both, nothing timed
 
 With --methods, every named method runs against the same baseline on the same images, at the
 settings the config holds for it (its preset) or, with --match-flops, at the budget whose backbone
@@ -81,6 +83,7 @@ def parse_args(argv=None):
     add("--output-md", metavar="FILE", help="write a markdown section here (see --append)")
     add("--append", action="store_true", help="append the markdown section to an existing --output-md")
     add("--overwrite", action="store_true", help="replace existing output files")
+    add("--flops-only", action="store_true", help="count FLOPs only (no timing, memory, agreement)")
     add("--methods", metavar="LIST", help="compare these methods (comma-separated: expedit,ailurus,tome,itpn)")
     add("--match-flops", action="store_true",
         help="with --methods: set each method's budget to the first method's backbone FLOPs ratio")
@@ -93,7 +96,6 @@ def parse_args(argv=None):
                        help=f"frames per clip (default: whole videos of --dataset, {DEFAULT_FRAMES} for generated clips)")
     video.add_argument("--frame-size", metavar="HxW",
                        help="generated clips at this size, fed without the config's test resize (e.g. 480x832)")
-    video.add_argument("--flops-only", action="store_true", help="count FLOPs only (no timing, memory, agreement)")
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides, key=value")
     args = parser.parse_args(argv)
     args.input, trailing_opts = split_trailing_overrides(args.input)
@@ -165,14 +167,14 @@ def main(argv=None) -> int:
     parser, args = parse_args(argv)
     logger = setup_logger(name="expedite_vit")
     setup_logger()  # detectron2's own messages (checkpoint loading, evaluation)
-    video_flags = _given(args, ("--num-clips", "--frames", "--frame-size", "--flops-only"))
+    video_flags = _given(args, ("--num-clips", "--frames", "--frame-size"))
     try:
         settings = BenchmarkSettings(
             device=args.device, num_images=args.num_images, warmup=args.warmup, iters=args.iters,
             amp=args.amp, image_size=args.image_size, backbone_only=args.backbone_only,
             dataset=args.dataset, inputs=args.input,
             score_threshold=0.5 if args.score_threshold is None else args.score_threshold,
-            flops_images=args.flops_images,
+            flops_images=args.flops_images, flops_only=args.flops_only,
         )
         if video_flags:
             video_settings(args)  # bad values are named before the config is loaded
@@ -185,6 +187,8 @@ def main(argv=None) -> int:
             raise ValueError("--match-flops needs --methods")
         if args.match_only and not args.match_flops:
             raise ValueError("--match-only needs --match-flops")
+        if args.flops_only and methods:
+            raise ValueError("--flops-only: not with --methods (--match-flops --match-only counts the methods' FLOPs)")
         cfg = load_checked_config(args.config_file, args.opts, device=args.device, methods=methods or ())
         video = is_video_model(cfg)
         if video and _given(args, IMAGE_ONLY_FLAGS):

@@ -94,6 +94,7 @@ class BenchmarkSettings:
     score_threshold: float = 0.5
     iou_threshold: float = 0.5
     flops_images: int = 1
+    flops_only: bool = False
 
     def __post_init__(self):
         checks = [
@@ -433,6 +434,8 @@ def run_benchmark(cfg: DictConfig, settings: BenchmarkSettings, command: str = "
     }
     logger.info("Counting FLOPs ...")
     results["flops"] = measure_flops(models, inputs, backbone_x, settings)
+    if settings.flops_only:
+        return results
     logger.info(f"Timing ({settings.warmup} warm-up + {settings.iters} iterations per model) ...")
     results["latency_ms"] = measure_latency(models, inputs, backbone_x, settings, device)
     results["token_reduction_time"] = measure_token_reduction_time(expedited, backbone_x, settings, device)
