@@ -6,9 +6,9 @@
 
 Everything the user can get wrong is checked before any file is written or any worker started:
 override keys (``+key=value`` adds one on purpose), the type and range of every token-reduction
-setting, the settings against the model, the device, the checkpoint file, and the output folder,
-which must not hold another run's results (``--overwrite``, or ``--resume`` for training) and is
-locked while the run writes into it. Each mistake is one line on stderr and exit code 2.
+setting, the settings against the model, the device, the dataset's files, the checkpoint file,
+and the output folder, which must not hold another run's results (``--overwrite``, or
+``--resume`` for training) and is locked while the run writes into it. Each mistake is one line on stderr and exit code 2.
 Evaluation results are logged and, with --eval-only, saved to OUTPUT_DIR/metrics_eval.json;
 there, predictions or metrics that are NaN are an error.
 """
@@ -34,6 +34,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
+from expedite_vit.data import check_datasets_present, dataset_names
 from expedite_vit.evaluation import FiniteOutputs, check_finite_metrics
 from expedite_vit.runtime.checkpoint import load_checkpoint, read_checkpoint
 from expedite_vit.runtime.cli import EXIT_RUN_FAILED, exit_on_user_error, load_checked_config
@@ -146,9 +147,10 @@ def prepare(args):
         the config and, for --eval-only, the checkpoint as read (None for random weights).
 
     Raises:
-        ConfigError, CheckpointFileError: one line naming the problem.
+        ConfigError, CheckpointFileError, DatasetMissingError: one line naming the problem.
     """
     cfg = load_checked_config(args.config_file, args.opts)
+    check_datasets_present(dataset_names(cfg.dataloader.get("test" if args.eval_only else "train")))
     path = cfg.train.init_checkpoint or ""
     if args.random_weights and not args.eval_only:
         raise ConfigError("--random-weights goes with --eval-only; training starts from train.init_checkpoint")

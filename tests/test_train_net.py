@@ -303,6 +303,39 @@ def test_bad_setting_is_one_line_and_writes_nothing(tiny_coco_dir, tmp_path):
     assert not output.exists()
 
 
+def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(TINY_COCO_ENV, str(tmp_path / "nowhere"))
+    output = tmp_path / "run"
+    result = run_train_net("--eval-only", "--random-weights", f"train.output_dir={output}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    missing = tmp_path / "nowhere" / "val.json"
+    assert lines[0].startswith(f"train_net.py: error: dataset 'tiny_vitdet_coco_val': its json_file {missing} does not exist")
+    assert not output.exists()
+
+
+def test_dataset_check_names_the_dataset_the_path_and_how_to_make_it(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from expedite_vit.data import DatasetMissingError, check_datasets_present, register_expedite_scenes
+
+    with pytest.raises(DatasetMissingError, match="dataset 'no_such_dataset' is not registered"):
+        check_datasets_present("no_such_dataset")
+    root = tmp_path / "scenes"
+    try:
+        register_expedite_scenes(str(root))
+        with pytest.raises(DatasetMissingError) as error:
+            check_datasets_present(["expedite_scenes_val_panoptic"])
+        assert str(root / "annotations") in str(error.value)
+        assert f"python tools/make_builtin_dataset.py --root {root}" in str(error.value)
+        # The loader, reached without the check, says the same in one line.
+        with pytest.raises(DatasetMissingError, match="does not exist; create it with"):
+            DatasetCatalog.get("expedite_scenes_val")
+        assert MetadataCatalog.get("expedite_scenes_val").missing_hint in str(error.value)
+    finally:
+        register_expedite_scenes()  # the default root again, for the other tests
+
+
 def test_bad_setting_leaves_the_previous_runs_config(trained_dir, tmp_path):
     output = tmp_path / "run"
     checkpoint = trained_dir / "model_final.pth"

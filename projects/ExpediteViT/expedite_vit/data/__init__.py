@@ -1,6 +1,7 @@
 """Datasets of ExpediteViT. Importing this package registers the built-in expedite_scenes datasets
 and coco_2017_{train,val}_panoptic_with_sem_seg."""
 # It also registers the video datasets expedite_videos_{train,val} and ytvis_{2019,2021}_{train,val}.
+from .availability import DatasetMissingError, check_datasets_present, dataset_names
 from .builtin import expedite_scenes_dataset_names, expedite_scenes_metadata, register_expedite_scenes
 from .panoptic_semantic import (
     panoptic_to_semantic,
@@ -38,10 +39,13 @@ from .ytvis import (
 
 __all__ = [
     "CATEGORIES",
+    "DatasetMissingError",
     "STUFF_CATEGORIES",
     "THING_CATEGORIES",
     "YTVIS_2019_CATEGORY_NAMES",
     "YTVIS_2021_CATEGORY_NAMES",
+    "check_datasets_present",
+    "dataset_names",
     "default_expedite_scenes_root",
     "default_expedite_videos_root",
     "ensure_expedite_scenes",

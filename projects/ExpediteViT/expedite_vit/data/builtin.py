@@ -19,6 +19,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg, register_coco_instances, register_coco_panoptic
 
+from .availability import DatasetMissingError
 from .synthetic_scenes import (
     CATEGORIES,
     SEMANTIC_IGNORE_LABEL,
@@ -127,6 +128,7 @@ def _register_checked(name, root, register):
     if name in MetadataCatalog:
         MetadataCatalog.remove(name)
     register()
+    MetadataCatalog.get(name).set(missing_hint=_generation_hint(root))
     load = DatasetCatalog[name]
     DatasetCatalog.remove(name)
 
@@ -137,15 +139,17 @@ def _register_checked(name, root, register):
     DatasetCatalog.register(name, load_checked)
 
 
+def _generation_hint(root):
+    return (
+        f"create it with `python tools/make_builtin_dataset.py --root {root}` or, in Python, "
+        f"`expedite_vit.data.ensure_expedite_scenes({root!r})`; or point $EXPEDITE_DATASETS at an existing copy"
+    )
+
+
 def _require_generated(root):
     if not is_expedite_scenes_complete(root):
         state = "is incomplete (no completion marker)" if os.path.isdir(root) else "does not exist"
-        raise FileNotFoundError(
-            f"The expedite_scenes dataset folder {root} {state}. Create it with "
-            f"`python tools/make_builtin_dataset.py --root {root}` or, in Python, "
-            f"`expedite_vit.data.ensure_expedite_scenes({root!r})`; or point $EXPEDITE_DATASETS at "
-            f"an existing copy."
-        )
+        raise DatasetMissingError(f"The expedite_scenes dataset folder {root} {state}; {_generation_hint(root)}.")
 
 
 register_expedite_scenes()

@@ -26,6 +26,7 @@ from detectron2.utils.file_io import PathManager
 from fvcore.common.timer import Timer
 from PIL import Image
 
+from .availability import DatasetMissingError
 from .synthetic_scenes import THING_CATEGORIES
 from .synthetic_videos import SPLITS, default_expedite_videos_root, is_expedite_videos_complete
 
@@ -275,7 +276,9 @@ def register_expedite_videos(root=None):
         json_file = os.path.join(root, f"{split}.json")
         image_root = os.path.join(root, split, "JPEGImages")
         _remove(name)
-        register_ytvis_instances(name, expedite_videos_metadata(), json_file, image_root)
+        register_ytvis_instances(
+            name, {**expedite_videos_metadata(), "missing_hint": _generation_hint(root)}, json_file, image_root
+        )
         # Check first that the dataset was generated: the loader would fail on the missing json with
         # no hint of how to create it.
         DatasetCatalog.remove(name)
@@ -300,14 +303,17 @@ def _remove(name):
         MetadataCatalog.remove(name)
 
 
+def _generation_hint(root):
+    return (
+        f"create it in Python with `expedite_vit.data.ensure_expedite_videos({root!r})`, or point "
+        f"$EXPEDITE_VIDEOS at an existing copy"
+    )
+
+
 def _require_generated(root):
     if not is_expedite_videos_complete(root):
         state = "is incomplete (no completion marker)" if os.path.isdir(root) else "does not exist"
-        raise FileNotFoundError(
-            f"The expedite_videos dataset folder {root} {state}. Create it in Python with "
-            f"`expedite_vit.data.ensure_expedite_videos({root!r})`, or point $EXPEDITE_VIDEOS at an "
-            f"existing copy."
-        )
+        raise DatasetMissingError(f"The expedite_videos dataset folder {root} {state}; {_generation_hint(root)}.")
 
 
 register_all_ytvis()

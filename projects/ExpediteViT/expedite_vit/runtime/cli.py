@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig
 
+from ..data.availability import DatasetMissingError
 from ..evaluation.finite import NonFiniteError
 from .checkpoint import CheckpointFileError, CheckpointMismatchError
 from .config import ConfigError, check_device, check_model_settings, load_config
@@ -39,6 +40,7 @@ USER_ERRORS = (
     OutputFolderError,
     NonFiniteError,
     ImageInputError,
+    DatasetMissingError,
 )
 
 
