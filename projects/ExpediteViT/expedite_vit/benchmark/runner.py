@@ -414,6 +414,17 @@ def model_description(cfg: DictConfig) -> Dict:
     }
 
 
+def results_header(cfg: DictConfig, settings, inputs_info: Dict, device: torch.device, command: str) -> Dict:
+    """What every benchmark's results start with: how they were made and on what."""
+    return {
+        "command": command,
+        "environment": environment_info(device),
+        "settings": asdict(settings),
+        "model": model_description(cfg),
+        "inputs": inputs_info,
+    }
+
+
 def run_benchmark(cfg: DictConfig, settings: BenchmarkSettings, command: str = "") -> Dict:
     """Build both models from ``cfg`` and measure them; see the module docstring."""
     settings = resolve_num_images(settings)  # refuses too few images before anything is built
@@ -425,13 +436,7 @@ def run_benchmark(cfg: DictConfig, settings: BenchmarkSettings, command: str = "
         backbone_x = backbone_inputs(baseline, inputs, settings.image_size)
     inputs_info["backbone_input_sizes"] = sorted({tuple(x.shape[-2:]) for x in backbone_x})
 
-    results = {
-        "command": command,
-        "environment": environment_info(device),
-        "settings": asdict(settings),
-        "model": model_description(cfg),
-        "inputs": inputs_info,
-    }
+    results = results_header(cfg, settings, inputs_info, device, command)
     logger.info("Counting FLOPs ...")
     results["flops"] = measure_flops(models, inputs, backbone_x, settings)
     if settings.flops_only:

@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import warnings
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,7 +46,6 @@ from ..runtime.inputs import ImageInputError, _registered_dataset
 from ..runtime.models import OutputRecorder, build_model_pair
 from .fidelity import FeatureSimilarity, PredictionAgreement
 from .flops import count_flops
-from .report import environment_info
 from .runner import (
     AMP_DTYPES,
     _backbone_flops,
@@ -56,7 +55,7 @@ from .runner import (
     inference_context,
     latency_result,
     measure_token_reduction_time,
-    model_description,
+    results_header,
 )
 from .timing import PeakMemory, PeakRSS, time_interleaved
 
@@ -391,13 +390,7 @@ def run_video_benchmark(cfg: DictConfig, settings: VideoBenchmarkSettings, comma
     inputs_info["backbone_input_sizes"] = sorted({tuple(x.shape[-2:]) for x in backbone_x})
     inputs_info["frame_chunk"] = baseline.frame_chunk
 
-    results = {
-        "command": command,
-        "environment": environment_info(device),
-        "settings": asdict(settings),
-        "model": model_description(cfg),
-        "inputs": inputs_info,
-    }
+    results = results_header(cfg, settings, inputs_info, device, command)
     logger.info("Counting FLOPs ...")
     results["flops"] = measure_video_flops(models, clips, backbone_x, settings)
     if settings.flops_only:
