@@ -438,3 +438,18 @@ def test_labelled_sweep_writes_its_summary(sweep_run):
     gap = autotune_gap(records, 1.1, "flops")
     assert gap["chosen"]["point"] == choose_point(records, 1.1, "flops")["point"]
     assert gap["gap"] <= 0 and gap["gap"] == pytest.approx(gap["chosen_metric"] - gap["best_metric"])
+
+
+def test_points_csv_has_one_method_column_when_the_grid_sweeps_the_method(tmp_path):
+    from expedite_vit.sweep.report import POINT_COLUMNS, write_points_csv
+
+    records = [
+        {"point": {"method": method, "location": 2}, "expedite": {"net": {"method": method, "location": 2}},
+         "summary": {"method": method, **{column: 1.0 for column in POINT_COLUMNS}}, "overrides": []}
+        for method in ("itpn", "expedit")
+    ]
+    write_points_csv(str(tmp_path / "points.csv"), records, records[:1])
+    with open(tmp_path / "points.csv") as f:
+        header, *rows = list(csv.reader(f))
+    assert header.count("method") == 1 and header[:4] == ["method", "preset", "pareto", "location"]
+    assert [row[:4] for row in rows] == [["itpn", "0", "1", "2"], ["expedit", "0", "0", "2"]]

@@ -9,7 +9,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..benchmark.report import write_json
 from .autotune import TargetNotReachedError, choose_point
-from .grid import format_point
+from .grid import METHOD, format_point
 from .pareto import pareto_records
 from .points import SPEEDUP_MEASURES
 
@@ -54,7 +54,8 @@ def write_pareto_json(path: str, measure: str, fronts: Mapping[str, Sequence[Map
 def write_points_csv(path: str, records: Sequence[Mapping], on_front: Sequence[Mapping]) -> None:
     """One row per point: method, preset and Pareto flags, every setting the points vary (read
     from the effective settings, so the preset row has them too), the summary values."""
-    names = list(dict.fromkeys(name for r in records for name in r["point"]))
+    # The method has its own column, also when the grid sweeps it.
+    names = [name for name in dict.fromkeys(name for r in records for name in r["point"]) if name != METHOD]
     front_ids = {id(r) for r in on_front}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
