@@ -14,6 +14,7 @@ from .config import (
     ExpeditSettings,
     ExpediteConfig,
     HostLayout,
+    InputSizeError,
     ITPNSettings,
     ToMeSettings,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ExpediteConfig",
     "ExpediteHost",
     "HostLayout",
+    "InputSizeError",
     "IMPLEMENTATIONS",
     "ITPNSettings",
     "METHODS",

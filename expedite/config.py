@@ -33,6 +33,7 @@ __all__ = [
     "HostLayout",
     "ITPNSettings",
     "IMPLEMENTATIONS",
+    "InputSizeError",
     "METHODS",
     "NORMALIZATIONS",
     "ToMeSettings",
@@ -41,6 +42,12 @@ __all__ = [
 IMPLEMENTATIONS = ("default", "official")
 NORMALIZATIONS = ("sum", "l2")
 MIGRATION_SCORES = ("neighbour", "attention")
+
+
+class InputSizeError(ValueError):
+    """The settings fit the host but not this input: its token map is too small for them (found
+    only when the input arrives, e.g. more gathering tokens per side than the map has rows). The
+    message names the setting, the map and what is allowed."""
 
 
 # ----------------------------------------------------------------------------------------------

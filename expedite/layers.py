@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .ailurus import ailurus_assignment
-from .config import ExpediteConfig
+from .config import ExpediteConfig, InputSizeError
 from .migration import attention_received, keep_counts, neighbour_distinctness, select_kept
 from .tokens import (
     TokenBlock,
@@ -186,7 +186,7 @@ class DensityPeakMerging(TokenReducer):
         cfg = self.config.ailurus
         slots = tokens.group[0] * tokens.group[1]
         if cfg.budget > slots:
-            raise ValueError(
+            raise InputSizeError(
                 f"expedite.ailurus.budget={cfg.budget!r} is above the {slots} tokens of a "
                 f"{tokens.group[0]}x{tokens.group[1]} group; allowed: 1 to {slots}"
             )
@@ -363,7 +363,7 @@ class TokenReduction(nn.Module):
     def _check_gather(self, height: int, width: int) -> None:
         gather = self.config.gather
         if gather > min(height, width):
-            raise ValueError(
+            raise InputSizeError(
                 f"expedite.{self.config.method}.gather={gather!r}: {gather}x{gather} gathering tokens are more than the "
                 f"global block's {height}x{width} map has rows or columns (G larger than the token "
                 f"count); allowed: 1 to {min(height, width)}, or 0 for full attention"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from detectron2.modeling.backbone.utils import get_rel_pos
 
-from expedite import ExpediteConfig, HostLayout, TokenSet, tokens_from_map, tokens_to_map
+from expedite import ExpediteConfig, HostLayout, InputSizeError, TokenSet, tokens_from_map, tokens_to_map
 from expedite.gathering import gather_regions, region_index
 from expedite.migration import attention_received, keep_counts, neighbour_distinctness, select_kept
 from test_token_methods import TINY_VIT, swin_pair, vit_pair
@@ -262,10 +262,10 @@ def test_settings_that_do_not_fit_the_host_are_named(settings, layout, message):
 
 def test_more_gathering_tokens_than_the_map_has_is_a_clear_error():
     _, fast = vit_pair(location=1, method="itpn", itpn=dict(keep=0.5, gather=9))
-    with pytest.raises(ValueError, match=r"^expedite\.itpn\.gather=9: 9x9 gathering tokens .* 8x8 map .* allowed: 1 to 8"):
+    with pytest.raises(InputSizeError, match=r"^expedite\.itpn\.gather=9: 9x9 gathering tokens .* 8x8 map .* allowed: 1 to 8"):
         _last(fast, torch.randn(1, 3, 128, 128))
     fast.expedite.itpn.keep = 1.0  # the regular-map path checks too
-    with pytest.raises(ValueError, match=r"^expedite\.itpn\.gather=9: .* allowed: 1 to 8"):
+    with pytest.raises(InputSizeError, match=r"^expedite\.itpn\.gather=9: .* allowed: 1 to 8"):
         _last(fast, torch.randn(1, 3, 128, 128))
 
 

@@ -315,6 +315,20 @@ def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     assert not output.exists()
 
 
+def test_settings_too_large_for_the_input_are_one_line(tiny_coco_dir, tmp_path):
+    """Found only when an image arrives (its map is smaller than the gathering grid): one line,
+    exit code 1, no traceback."""
+    result = run_train_net(
+        "--eval-only", "--random-weights", f"train.output_dir={tmp_path / 'run'}",
+        f"{EXPEDITE}.method=itpn", f"{EXPEDITE}.itpn.gather=99",
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "train_net.py: error: expedite.itpn.gather=99: 99x99 gathering tokens are more than the global block's"
+    )
+
+
 def test_dataset_check_names_the_dataset_the_path_and_how_to_make_it(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from expedite_vit.data import DatasetMissingError, check_datasets_present, register_expedite_scenes

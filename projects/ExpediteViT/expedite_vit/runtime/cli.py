@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig
 
+from expedite import InputSizeError
+
 from ..data.availability import DatasetMissingError
 from ..evaluation.finite import NonFiniteError
 from .checkpoint import CheckpointFileError, CheckpointMismatchError
@@ -41,6 +43,7 @@ USER_ERRORS = (
     NonFiniteError,
     ImageInputError,
     DatasetMissingError,
+    InputSizeError,
 )
 
 
