@@ -62,3 +62,19 @@ def test_eval_only_on_generated_split(scenes_root, tmp_path, name, enabled):
         assert metrics[task][metric] > floor, (task, metrics[task])
     saved = LazyConfig.load(str(tmp_path / "config.yaml"))
     assert OmegaConf.select(saved, switch) is enabled
+
+
+def test_main_job_runs_a_model_without_checkpoint_only_when_asked_to_train(tmp_path):
+    unshipped = [key for key, model in BUILTIN_MODELS.items() if not model.shipped]
+    for key in unshipped:
+        assert not BUILTIN_MODELS[key].shipped_checkpoint.exists(), f"{key} has a checkpoint: mark it shipped"
+    output = tmp_path / "job"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "main_job.py"), "--models", "video", "--output", str(output)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "no checkpoint of mask2former_swin_tiny_videos is shipped yet" in result.stderr
+    assert "--models video --train" in result.stderr
+    assert not output.exists()
+    assert BUILTIN_MODELS["video"].video and not BUILTIN_MODELS["vitdet"].video

@@ -2,20 +2,23 @@
 """The main job (`make main`): token reduction off vs on, on the built-in dataset and models.
 
 For each built-in model (ViTDet Mask R-CNN: boxes and instance masks; Mask2Former with a Swin
-backbone: panoptic, instance and semantic segmentation):
+backbone: panoptic, instance and semantic segmentation; Mask2Former-VIS: video instance
+segmentation, YouTube-VIS AP on the built-in videos):
 
-1. Writes the built-in dataset into its cache folder if it is not there yet.
+1. Writes the built-in dataset (images, or videos) into its cache folder if it is not there yet.
 2. Takes the model's checkpoint shipped in checkpoints/ (float16 weights). It never trains unless
    asked: ``--train`` retrains the chosen models from scratch into the cache
    (``$EXPEDITE_CACHE/checkpoints/<name>/``, with token reduction off, as the shipped ones were
-   made) and evaluates those instead.
+   made) and evaluates those instead. The video model has no shipped checkpoint yet, so it runs
+   only when asked for, with ``--models video --train`` (from the image model's weights).
 3. Evaluates it with ``train_net.py --eval-only`` twice, token reduction off and on, through
    detectron2's evaluators, and prints both metric tables side by side.
 4. Runs the benchmark (FLOPs, backbone and end-to-end latency, agreement) on the validation
-   images, and draws baseline vs expedited predictions with the token clusters.
-5. Sweeps a few token-reduction settings around the preset (``tools/sweep.py``, a handful of
-   points on 4 validation images, ~35 s per model) and prints the path of the Pareto plot
-   (speed-up against the task metric). ``tools/sweep.py`` sweeps the full grid; see BENCHMARKS.md.
+   images (the video model: per clip, agreement by tube IoU of the baseline's tracks), and draws
+   baseline vs expedited predictions (with the token clusters; the video model's tracks, as a video).
+5. Image models: sweeps a few token-reduction settings around the preset (``tools/sweep.py``, a
+   handful of points on 4 validation images, ~35 s per model) and prints the path of the Pareto
+   plot (speed-up against the task metric). ``tools/sweep.py`` sweeps the full grid; see BENCHMARKS.md.
 
 Each run writes into a new folder, output/main_job/<date>-<time>/, so no earlier result is
 replaced. The same steps work for COCO with an official checkpoint: see the README.
@@ -28,7 +31,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Collection, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,9 +44,20 @@ class BuiltinModel:
     benchmark_dataset: str  # validation images, as a dataset with the ground truth of all tasks
     metrics: Tuple[Tuple[str, str], ...]  # (task, metric) rows of the printed table
     train_minutes: int  # to train it on 2 CPU cores, with --train
-    sweep_grid: str  # the main job's small sweep (tools/sweep.py --grid); the preset is added
+    # The main job's small sweep (tools/sweep.py --grid; the preset is added); "": no sweep.
+    sweep_grid: str = ""
     # Overrides of each further training round, started from the previous round's weights.
     further_rounds: Tuple[Tuple[str, ...], ...] = ()
+    # A video model (Mask2Former-VIS on expedite_videos), whose training starts from the weights
+    # of the built-in image model named here (tools/init_video_from_image.py).
+    video_from: str = ""
+    train_overrides: Tuple[str, ...] = ()  # of its first training round
+    # False: no checkpoint is shipped (yet); the model runs only when asked for, with --train.
+    shipped: bool = True
+
+    @property
+    def video(self) -> bool:
+        return bool(self.video_from)
 
     @property
     def shipped_checkpoint(self) -> Path:
@@ -79,6 +93,18 @@ BUILTIN_MODELS = {
         # PQ 23.9 -> 26.1 -> 28.4 on expedite_scenes_val
         further_rounds=(("train.max_iter=1200",), ("train.max_iter=1200",)),
     ),
+    "video": BuiltinModel(
+        name="mask2former_swin_tiny_videos",
+        config=REPO / "configs" / "Mask2Former-VIS" / "builtin" / "video_maskformer2_swin_tiny_videos.py",
+        disable="model.backbone.expedite.enabled=False",
+        benchmark_dataset="expedite_videos_val",
+        metrics=tuple(("segm", m) for m in ("AP", "AP50", "AP75", "AR1", "AR10")),
+        train_minutes=25,
+        video_from="mask2former",
+        # Not shipped: trained this way it reaches only YouTube-VIS AP ~4 (BENCHMARKS.md, "Built-in
+        # video model"), so `make main` leaves it out; `--models video --train` runs it.
+        shipped=False,
+    ),
 }
 
 
@@ -97,23 +123,42 @@ def run(command, log_path: Path):
         sys.exit(f"step failed (exit {result.returncode}); end of {log_path}:\n{tail}")
 
 
+def missing_checkpoint_message(model: BuiltinModel) -> str:
+    train = (f"`tools/main_job.py --models {model_key(model)} --train` trains it into {model.cached_checkpoint.parent} "
+             f"(about {model.train_minutes} minutes on 2 CPU cores)")
+    if not model.shipped:
+        return f"no checkpoint of {model.name} is shipped yet (BENCHMARKS.md, \"Built-in video model\"); {train}"
+    return f"the built-in checkpoint {model.shipped_checkpoint} is missing (is this a full clone?); {train}"
+
+
+def model_key(model: BuiltinModel) -> str:
+    return next(key for key, value in BUILTIN_MODELS.items() if value is model)
+
+
 def shipped_checkpoint(model: BuiltinModel) -> Path:
     if not model.shipped_checkpoint.exists():
-        sys.exit(f"the built-in checkpoint {model.shipped_checkpoint} is missing (is this a full clone?); "
-                 f"`tools/main_job.py --train` trains it into {model.cached_checkpoint.parent} "
-                 f"(about {model.train_minutes} minutes on 2 CPU cores)")
+        sys.exit(missing_checkpoint_message(model))
     return model.shipped_checkpoint
 
 
-def train_checkpoint(model: BuiltinModel, output: Path) -> Path:
+def train_checkpoint(model: BuiltinModel, output: Path, retrained: Collection[str] = ()) -> Path:
     """Train ``model`` from scratch into the cache, round by round; a round that an interrupted
-    job left unfinished is resumed, one that finished is kept."""
+    job left unfinished is resumed, one that finished is kept. A video model starts from its image
+    model's weights: the ones retrained by this job if ``retrained`` names that model, else the
+    shipped ones."""
     trained = model.cached_checkpoint
     print(f"Training {model.name} into {trained.parent} (about {model.train_minutes} minutes on 2 CPU cores).",
           flush=True)
     # Trained without token reduction: the method accelerates an already-trained model.
-    rounds = [(), *model.further_rounds]
+    rounds = [model.train_overrides, *model.further_rounds]
     weights = ""
+    if model.video:  # from the image model's weights, its class rows mapped by name
+        image_model = BUILTIN_MODELS[model.video_from]
+        retrained_image = model.video_from in retrained
+        image_checkpoint = image_model.cached_checkpoint if retrained_image else shipped_checkpoint(image_model)
+        weights = trained.parent / "init_from_image.pth"
+        run([sys.executable, "tools/init_video_from_image.py", image_checkpoint, weights],
+            output / "init_from_image.log")
     for index, overrides in enumerate(rounds):
         round_dir = trained.parent if index == len(rounds) - 1 else trained.parent / f"round{index + 1}"
         if not (round_dir / "model_final.pth").exists():
@@ -157,47 +202,67 @@ def run_sweep(model: BuiltinModel, checkpoint: Path, output: Path, sweep_images:
     return plot
 
 
-def run_model(model: BuiltinModel, output: Path, benchmark_images: int, dataset_root: Path, train: bool,
-              sweep_images: int = 4) -> None:
+def run_benchmark(model: BuiltinModel, checkpoint: Path, output: Path, benchmark_images: int,
+                  benchmark_clips: int) -> None:
     from expedite_vit.benchmark.report import format_table
 
-    print(f"\n===== {model.name} ({model.config.relative_to(REPO)}) =====", flush=True)
-    checkpoint = train_checkpoint(model, output) if train else shipped_checkpoint(model)
-    print(f"Checkpoint: {checkpoint}", flush=True)
-
-    baseline = evaluate(model, checkpoint, output / "eval_baseline", model.disable)
-    expedited = evaluate(model, checkpoint, output / "eval_expedite")
-    print("\nOn expedite_scenes_val, token reduction off (baseline) and on (expedited):")
-    print(metric_table(model, baseline, expedited))
-
     bench_json = output / "benchmark.json"
-    run([sys.executable, "tools/benchmark.py", "--config-file", model.config,
-         "--dataset", model.benchmark_dataset, "--num-images", str(benchmark_images),
-         "--output-json", bench_json, "--overwrite", f"train.init_checkpoint={checkpoint}"],
+    inputs = ["--num-clips", str(benchmark_clips)] if model.video else ["--num-images", str(benchmark_images)]
+    run([sys.executable, "tools/benchmark.py", "--config-file", model.config, "--dataset", model.benchmark_dataset,
+         *inputs, "--output-json", bench_json, "--overwrite", f"train.init_checkpoint={checkpoint}"],
         output / "benchmark.log")
     bench = json.loads(bench_json.read_text())
-    print("\nSpeed and fidelity, same run, same images (tools/benchmark.py):")
+    print("\nSpeed and fidelity, same run, same " + ("clips" if model.video else "images") + " (tools/benchmark.py):")
     print(format_table(bench))
     flops, speedup = bench["flops"]["ratio"], bench["latency_ms"]["speedup"]
     print(f"Backbone: {flops['backbone']:.2f}x fewer FLOPs, {speedup['backbone']:.2f}x faster; "
           f"end to end: {speedup['model']:.2f}x faster.")
+    if model.video:
+        tracks = bench["fidelity"]["agreement"]["tracks"]
+        print(f"Tracks: {tracks['recovered']:.1%} of the baseline's {tracks['baseline_tracks']} recovered "
+              f"(tube IoU >= {tracks['iou_threshold']}, same class), mean tube IoU {tracks['mean_iou']:.3f}.")
+
+
+def demo_inputs(model: BuiltinModel, dataset_root: Path) -> List[Path]:
+    """A few validation images; for the video model, the frames of its first validation video."""
+    if model.video:
+        first_video = sorted(p for p in (dataset_root / "val" / "JPEGImages").iterdir() if p.is_dir())[0]
+        return sorted(first_video.glob("*.jpg"))
+    return sorted((dataset_root / "val").glob("*.jpg"))[:4]
+
+
+def run_model(model: BuiltinModel, output: Path, dataset_root: Path, *, benchmark_images: int,
+              benchmark_clips: int, train: bool, retrained: Collection[str] = (), sweep_images: int = 4) -> None:
+    print(f"\n===== {model.name} ({model.config.relative_to(REPO)}) =====", flush=True)
+    checkpoint = train_checkpoint(model, output, retrained) if train else shipped_checkpoint(model)
+    print(f"Checkpoint: {checkpoint}", flush=True)
+
+    baseline = evaluate(model, checkpoint, output / "eval_baseline", model.disable)
+    expedited = evaluate(model, checkpoint, output / "eval_expedite")
+    print(f"\nOn {model.benchmark_dataset}, token reduction off (baseline) and on (expedited):")
+    print(metric_table(model, baseline, expedited))
+
+    run_benchmark(model, checkpoint, output, benchmark_images, benchmark_clips)
 
     vis = output / "visualizations"
-    images = sorted((dataset_root / "val").glob("*.jpg"))[:4]
     run([sys.executable, "demo/demo.py", "--config-file", model.config, "--compare", "--overwrite",
-         "--output", vis, "--input", *images, f"train.init_checkpoint={checkpoint}"], output / "demo.log")
-    print(f"\nVisualisations (baseline | expedited | token clusters): {vis}")
+         "--output", vis, "--input", *demo_inputs(model, dataset_root), f"train.init_checkpoint={checkpoint}"],
+        output / "demo.log")
+    drawn = "tracks, baseline | expedited, as a video" if model.video else "baseline | expedited | token clusters"
+    print(f"\nVisualisations ({drawn}): {vis}")
 
-    if sweep_images:
+    if sweep_images and model.sweep_grid:
         run_sweep(model, checkpoint, output, sweep_images)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", help="new folder for all results (default: output/main_job/<date>-<time>)")
-    parser.add_argument("--models", nargs="+", choices=sorted(BUILTIN_MODELS), default=list(BUILTIN_MODELS),
-                        help="built-in models to run (default: all)")
+    parser.add_argument("--models", nargs="+", choices=sorted(BUILTIN_MODELS),
+                        default=[key for key, model in BUILTIN_MODELS.items() if model.shipped],
+                        help="built-in models to run (default: those whose checkpoint is shipped: vitdet, mask2former)")
     parser.add_argument("--benchmark-images", type=int, default=20)
+    parser.add_argument("--benchmark-clips", type=int, default=4, help="validation videos the video model's benchmark runs")
     parser.add_argument("--sweep-images", type=int, default=4,
                         help="images of the small operating-point sweep that draws the Pareto plot (0: no sweep)")
     parser.add_argument("--train", action="store_true",
@@ -205,20 +270,31 @@ def main():
     args = parser.parse_args()
     if args.benchmark_images < 1:
         parser.error(f"--benchmark-images must be at least 1, got {args.benchmark_images}")
+    if args.benchmark_clips < 1:
+        parser.error(f"--benchmark-clips must be at least 1, got {args.benchmark_clips}")
     if args.sweep_images < 0:
         parser.error(f"--sweep-images must be 0 (no sweep) or more, got {args.sweep_images}")
+    for key in args.models:
+        model = BUILTIN_MODELS[key]
+        if not args.train and not model.shipped_checkpoint.exists():
+            parser.error(missing_checkpoint_message(model))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = Path(args.output or REPO / "output" / "main_job" / stamp).resolve()
     if output.exists() and any(output.iterdir()):
         parser.error(f"--output {output} already holds results; choose a new folder")
 
-    from expedite_vit.data import ensure_expedite_scenes
+    from expedite_vit.data import ensure_expedite_scenes, ensure_expedite_videos
 
-    dataset_root = Path(ensure_expedite_scenes())
-    print(f"Built-in dataset: {dataset_root}", flush=True)
-    for key in args.models:
+    models = [key for key in BUILTIN_MODELS if key in args.models]  # an image model before its video model
+    roots = {}
+    for video in sorted({BUILTIN_MODELS[key].video for key in models}):
+        roots[video] = Path(ensure_expedite_videos() if video else ensure_expedite_scenes())
+        print(f"Built-in {'video' if video else 'image'} dataset: {roots[video]}", flush=True)
+    for key in models:
         model = BUILTIN_MODELS[key]
-        run_model(model, output / model.name, args.benchmark_images, dataset_root, args.train, args.sweep_images)
+        run_model(model, output / model.name, roots[model.video], benchmark_images=args.benchmark_images,
+                  benchmark_clips=args.benchmark_clips, train=args.train,
+                  retrained=models if args.train else (), sweep_images=args.sweep_images)
     print(f"\nLogs, metrics and benchmark JSON: {output}")
 
 
