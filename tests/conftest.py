@@ -1,4 +1,5 @@
 import contextlib
+import importlib.util
 import os
 
 import pytest
@@ -11,6 +12,16 @@ FIXTURES = os.path.join(REPO, "tests", "fixtures", "checkpoint_keys")
 
 # Tests run on few cores, and results must not depend on how many threads there are.
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def load_script(path):
+    """A script of the repository (train_net.py, tools/*.py, demo/demo.py), which is not part of
+    an installed package, loaded as a module."""
+    path = os.fspath(path)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextlib.contextmanager

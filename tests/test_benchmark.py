@@ -1,5 +1,4 @@
 """tools/benchmark.py and expedite_vit.benchmark on the tiny ViTDet config (CPU, a few seconds)."""
-import importlib.util
 import json
 import shlex
 
@@ -20,15 +19,13 @@ from expedite_vit.benchmark.report import write_markdown
 from expedite_vit.benchmark.timing import latency_summary
 from expedite_vit.runtime.config import load_config
 from test_train_net import REPO_ROOT, TINY_COCO_ENV, TINY_CONFIG, _write_coco_split
+from conftest import load_script
 
 TEST_DATASET = "tiny_vitdet_coco_val"
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO_ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "tools" / "benchmark.py")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ The generator seeds every image from (seed, split, index), so a 6-image val spli
 first 6 images of the full val split: a small, real regression test of the trained checkpoints.
 Both are shipped in checkpoints/ (float16 weights).
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,15 +13,12 @@ import pytest
 from detectron2.config import LazyConfig
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import REPO, load_script
 from expedite_vit.data import generate_expedite_scenes
 
 
 def _load_main_job():
-    spec = importlib.util.spec_from_file_location("main_job", os.path.join(REPO, "tools", "main_job.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.join(REPO, "tools", "main_job.py"))
 
 
 BUILTIN_MODELS = _load_main_job().BUILTIN_MODELS

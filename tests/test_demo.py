@@ -1,5 +1,4 @@
 """demo/demo.py and expedite_vit.visualization on the tiny ViTDet config with random weights."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,16 +14,14 @@ from expedite import cluster_windows
 from expedite_vit.runtime.config import load_config
 from expedite_vit.visualization import cluster_labels, draw_token_clusters, side_by_side
 from test_train_net import REPO_ROOT, TINY_CONFIG
+from conftest import load_script
 
 DEMO = REPO_ROOT / "demo" / "demo.py"
 
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("demo_script", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO)
 
 
 @pytest.fixture(scope="module")

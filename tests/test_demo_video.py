@@ -1,6 +1,5 @@
 """demo/demo.py on a video model: the tracks of the tiny Mask2Former-VIS (random weights) drawn on
 a short clip, one colour per track, baseline | expedited; and expedite_vit.video_visualization."""
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from expedite_vit.video_visualization import draw_video_tracks, matched_track_colours, select_tracks, track_colours
+from conftest import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo" / "demo.py"
@@ -22,10 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("demo_script", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO)
 
 
 def clip_frames():

@@ -25,7 +25,7 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 from torch import nn
 
-from conftest import skip_weight_init
+from conftest import load_script, skip_weight_init
 from expedite_vit.benchmark import BenchmarkSettings, run_benchmark
 from expedite_vit.benchmark.fidelity import build_evaluator
 from expedite_vit.runtime.checkpoint import CheckpointMismatchError, load_checkpoint
@@ -576,12 +576,7 @@ def test_feature_pyramid_refuses_a_top_block():
 
 def _import_train_net():
     """train_net.py is a script at the repo root, not part of an installed package."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TRAIN_NET)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """expedite_vit.sweep and tools/sweep.py: Pareto front, auto-tuning, grids, resuming, and a tiny
 end-to-end sweep of the tiny ViTDet (CPU, random weights)."""
 import csv
-import importlib.util
 import itertools
 import json
 import math
@@ -36,16 +35,14 @@ from expedite_vit.sweep.report import (
 )
 from test_benchmark import tiny_coco_dir  # noqa: F401 (fixture)
 from test_train_net import REPO_ROOT, TINY_CONFIG
+from conftest import load_script
 
 TEST_DATASET = "tiny_vitdet_coco_val"
 NODE = "model.backbone.net.expedite"
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("sweep_tool", REPO_ROOT / "tools" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "tools" / "sweep.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Tests of train_net.py and expedite_vit.runtime.config on a tiny CPU ViTDet Mask R-CNN."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from expedite_vit.runtime.config import (
     check_override_keys,
     load_config,
 )
+from conftest import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NET = REPO_ROOT / "train_net.py"
@@ -184,10 +184,7 @@ def test_cuda_device_without_cuda_suggests_cpu():
 
 def _import_train_net():
     """train_net.py is a script at the repo root, not part of an installed package."""
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TRAIN_NET)
 
 
 def _train_in_process(output_dir, max_iter, resume=False):

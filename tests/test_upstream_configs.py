@@ -6,7 +6,6 @@ Ours may differ in two places only: the backbone class (ExpeditedViT instead of 
 ``expedite`` node it adds.
 """
 import functools
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from detectron2.modeling import ViT
 from expedite import ExpediteConfig, ExpeditSettings
 from expedite_vit.modeling import ExpeditedViT
 from expedite_vit.runtime.config import load_config
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "upstream_vitdet_configs.json"
@@ -39,10 +39,7 @@ EXPEDITE = "model.backbone.net.expedite."
 
 def _load_tool():
     path = REPO / "tools" / "upstream_vitdet_configs.py"
-    spec = importlib.util.spec_from_file_location("upstream_vitdet_configs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 tool = _load_tool()

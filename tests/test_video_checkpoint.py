@@ -2,7 +2,6 @@
 (tools/init_video_from_image.py: class rows mapped by name). No trained video checkpoint is shipped
 yet (BENCHMARKS.md, "Built-in video model")."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 from detectron2.config import instantiate
 
 from expedite_vit.runtime.cli import load_checked_config
+from conftest import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "configs" / "Mask2Former-VIS" / "builtin" / "video_maskformer2_swin_tiny_videos.py"
@@ -21,12 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def init_tool():
-    spec = importlib.util.spec_from_file_location(
-        "init_video_from_image", REPO_ROOT / "tools" / "init_video_from_image.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "tools" / "init_video_from_image.py")
 
 
 @pytest.fixture(scope="module")
