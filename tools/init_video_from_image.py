@@ -18,7 +18,6 @@ The output holds float32 weights only, ready for ``train_net.py ... train.init_c
 """
 import argparse
 import os
-import sys
 from typing import Dict, List, Sequence
 
 import torch
@@ -84,12 +83,9 @@ def dataset_classes(name: str, kind: str) -> List[str]:
     """The classes a model trained on dataset ``name`` scores: ``kind`` "image" reads a panoptic
     dataset's ``stuff_classes`` (things and stuff) if it has them, else ``thing_classes``; "video"
     reads ``thing_classes``."""
-    import expedite_vit.data  # noqa: F401  (registers the built-in datasets)
+    import expedite_vit.data  # noqa: F401  (registers the built-in image and video datasets)
     from detectron2.data import MetadataCatalog
 
-    from expedite_vit.data import register_expedite_videos
-
-    register_expedite_videos()
     metadata = MetadataCatalog.get(name)
     if kind == "image" and metadata.get("stuff_classes") is not None:
         return list(metadata.stuff_classes)
@@ -104,16 +100,18 @@ def main(argv=None):
     parser.add_argument("--video-dataset", default="expedite_videos_train")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.image_checkpoint):
-        sys.exit(f"no checkpoint at {args.image_checkpoint}")
+    from expedite_vit.runtime.checkpoint import CheckpointFileError, read_checkpoint
+
     if os.path.exists(args.target) and not args.overwrite:
-        sys.exit(f"{args.target} exists; pass --overwrite to replace it")
-    checkpoint = torch.load(args.image_checkpoint, map_location="cpu", weights_only=False)
-    weights = checkpoint.get("model", checkpoint)
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
-    image_classes = dataset_classes(args.image_dataset, "image")
-    video_classes = dataset_classes(args.video_dataset, "video")
-    weights = slice_class_rows(weights, image_classes, video_classes)
+        parser.error(f"{args.target} exists; pass --overwrite to replace it")
+    try:
+        weights = {k: torch.as_tensor(v) for k, v in read_checkpoint(args.image_checkpoint)["model"].items()}
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+        image_classes = dataset_classes(args.image_dataset, "image")
+        video_classes = dataset_classes(args.video_dataset, "video")
+        weights = slice_class_rows(weights, image_classes, video_classes)
+    except (CheckpointFileError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.target)), exist_ok=True)
     torch.save({"model": weights}, args.target)
     rows = class_rows(image_classes, video_classes)

@@ -157,7 +157,8 @@ def train_checkpoint(model: BuiltinModel, output: Path, retrained: Collection[st
         retrained_image = model.video_from in retrained
         image_checkpoint = image_model.cached_checkpoint if retrained_image else shipped_checkpoint(image_model)
         weights = trained.parent / "init_from_image.pth"
-        run([sys.executable, "tools/init_video_from_image.py", image_checkpoint, weights],
+        # Made again on every run: the image weights it comes from may have been retrained.
+        run([sys.executable, "tools/init_video_from_image.py", "--overwrite", image_checkpoint, weights],
             output / "init_from_image.log")
     for index, overrides in enumerate(rounds):
         round_dir = trained.parent if index == len(rounds) - 1 else trained.parent / f"round{index + 1}"
