@@ -76,6 +76,40 @@ def test_completion_marker_and_cache(dataset_root, tmp_path):
         generate_expedite_videos(str(tmp_path / "foreign"), **TINY)
 
 
+def test_older_generator_version_is_replaced(tmp_path):
+    wanted = _all_files(ensure_expedite_videos(str(tmp_path / "wanted"), seed=0, num_train=1, num_val=1))
+    root = ensure_expedite_videos(str(tmp_path / "videos"), seed=0, num_train=2, num_val=1)
+    marker = os.path.join(root, COMPLETE_MARKER)
+    with open(marker) as f:
+        spec = json.load(f)
+    spec["generator_version"] -= 1
+    with open(marker, "w") as f:
+        json.dump(spec, f)
+    # Other parameters too: an older generator's dataset is replaced even then, without force.
+    assert ensure_expedite_videos(root, seed=0, num_train=1, num_val=1) == root
+    assert _all_files(root) == wanted
+
+
+def test_object_colours_carry_the_class_hue(dataset_root):
+    """Every object's visible pixels have, at the median, its class's hue and no other class's."""
+    hues = {category["id"]: index / len(THING_CATEGORIES) for index, category in enumerate(THING_CATEGORIES)}
+    data = _json(dataset_root, "val")
+    videos = {video["id"]: video for video in data["videos"]}
+    checked = 0
+    for annotation in data["annotations"]:
+        video = videos[annotation["video_id"]]
+        for name, rle in zip(video["file_names"], annotation["segmentations"]):
+            if rle is None or mask_util.area(rle) < 40:
+                continue
+            frame = Image.open(os.path.join(dataset_root, "val", "JPEGImages", name)).convert("HSV")
+            hue = np.asarray(frame)[mask_util.decode(rle).astype(bool), 0] / 256.0
+            # The median of the hue's circular distance from each class hue: the class's is smallest.
+            distance = {c: np.median(np.abs((hue - h + 0.5) % 1.0 - 0.5)) for c, h in hues.items()}
+            assert min(distance, key=distance.get) == annotation["category_id"], (name, distance)
+            checked += 1
+    assert checked >= 20
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_json_is_valid_youtube_vis(dataset_root, split):
     content = _json(dataset_root, split)

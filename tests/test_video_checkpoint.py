@@ -1,6 +1,6 @@
 """The built-in video Mask2Former's starting weights, made from the built-in image Mask2Former
-(tools/init_video_from_image.py: class rows mapped by name). No trained video checkpoint is shipped
-yet (BENCHMARKS.md, "Built-in video model")."""
+(tools/init_video_from_image.py: class rows mapped by name), from which the shipped video checkpoint
+was trained (BENCHMARKS.md, "Built-in video model")."""
 
 from pathlib import Path
 

@@ -161,11 +161,15 @@ def ensure_expedite_scenes(root=None, seed=0, num_train=DEFAULT_NUM_IMAGES["trai
 
 def _ensure_dataset(root, wanted, name, force, force_hint, generate):
     """`root` if it holds the complete dataset `name` of spec `wanted`, else what `generate()`
-    returns; a complete dataset of another spec is replaced only if `force`."""
+    returns; a complete dataset of other parameters is replaced only if `force`, except one an older
+    generator made: this code can no longer make it, so it is always replaced."""
     found = read_completion_marker(root)
     if found == wanted:
         logger.info(f"{name} is already complete at {root}")
         return root
+    if found is not None and found.get("generator_version", 0) < wanted["generator_version"]:
+        logger.warning(f"{root} holds an {name} dataset of an older generator ({found}); replacing it by {wanted}")
+        return generate()
     if found is not None and not force:
         raise FileExistsError(
             f"{root} already holds an {name} dataset made with {found}, not the requested "
@@ -431,8 +435,13 @@ def _random_crop(rng, images, out_height, out_width, min_fraction):
     return cv2.resize(np.ascontiguousarray(crop), (out_width, out_height), interpolation=interpolation)
 
 
-def _random_colour(rng):
-    hue, saturation, value = rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.3, 1.0)
+def _random_colour(rng, hue=None):
+    """An RGB colour of random hue, or of a hue within 0.03 of `hue`, strongly saturated."""
+    if hue is None:
+        hue, saturation, value = rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.3, 1.0)
+    else:
+        hue = (hue + rng.uniform(-0.03, 0.03)) % 1.0
+        saturation, value = rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0)
     return np.array(colorsys.hsv_to_rgb(hue, saturation, value), dtype=np.float32)
 
 
@@ -553,11 +562,14 @@ def _cast_shadow(rng, canvas, coverage, y0, x0):
     canvas *= (1 - rng.uniform(0.3, 0.55) * shadow)[..., None]
 
 
-def _object_texture(rng, shape):
-    """An (h, w, 3) float32 fill for an object: solid, stripes, checker, noise or a photo patch."""
+def _object_texture(rng, shape, hue=None):
+    """
+    An (h, w, 3) float32 fill for an object: solid, stripes, checker, noise or a photo patch. Its
+    colours have random hues, or hues near `hue` (in [0, 1)) when given.
+    """
     height, width = shape
     kind = _TEXTURES[rng.integers(len(_TEXTURES))]
-    first, second = _random_colour(rng), _random_colour(rng)
+    first, second = _random_colour(rng, hue), _random_colour(rng, hue)
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     theta = rng.uniform(0, np.pi)
     along = cols * np.cos(theta) + rows * np.sin(theta)
@@ -579,7 +591,11 @@ def _object_texture(rng, shape):
     else:
         sources = _skimage_images(_PHOTO_NAMES + _SURFACE_NAMES)
         photo = _random_crop(rng, sources, height, width, min_fraction=0.1)
-        texture = 0.55 * photo + 0.45 * first * photo.mean(axis=2, keepdims=True) * 2
+        brightness = photo.mean(axis=2, keepdims=True)
+        if hue is None:
+            texture = 0.55 * photo + 0.45 * first * brightness * 2
+        else:  # the photo's own colours would hide the hue
+            texture = first * (0.4 + 1.2 * brightness)
 
     # Directional lighting so objects are not flat fills.
     extent = max(height, width)
