@@ -5,7 +5,7 @@ STAMP := $(VENV)/.expedite-install-stamp
 
 .PHONY: main test install
 
-# The main job: evaluate the built-in model with token reduction off and on, compare.
+# The main job: evaluate the built-in models with token reduction off and on, compare.
 main: install
 	$(PYTHON) tools/main_job.py
 
