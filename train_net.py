@@ -6,8 +6,8 @@
 
 Everything the user can get wrong is checked before any file is written or any worker started:
 override keys (``+key=value`` adds one on purpose), the type and range of every token-reduction
-setting, the settings against the model, the device, the dataset's files, the checkpoint file,
-and the output folder, which must not hold another run's results (``--overwrite``, or
+setting, the settings against the model, the device, the dataset's files, the checkpoint file
+(and, for evaluation, that its keys and shapes fit the model), and the output folder, which must not hold another run's results (``--overwrite``, or
 ``--resume`` for training) and is locked while the run writes into it. Each mistake is one line on stderr and exit code 2.
 Evaluation results are logged and, with --eval-only, saved to OUTPUT_DIR/metrics_eval.json;
 there, predictions or metrics that are NaN are an error.
@@ -92,16 +92,21 @@ def train(cfg, resume):
     trainer.train(start_iter, cfg.train.max_iter)
 
 
-def eval_only(cfg, preloaded=None):
+def eval_only(cfg, loaded_model=None):
+    """Evaluate ``loaded_model`` (built and loaded by :func:`prepare`), or, in a worker process or
+    with random weights, a model built here."""
     path = os.path.join(cfg.train.output_dir, EVAL_RESULTS_FILE)
     if comm.is_main_process() and os.path.exists(path):
         os.remove(path)  # --overwrite: a failed run must not leave the previous run's metrics
-    model = instantiate(cfg.model).to(cfg.train.device)
-    logger.info("Model:\n%s", model)
+    model = loaded_model if loaded_model is not None else instantiate(cfg.model)
+    if loaded_model is None and cfg.train.init_checkpoint:
+        load_checkpoint(model, cfg.train.init_checkpoint)
     if cfg.train.init_checkpoint:
-        load_checkpoint(model, cfg.train.init_checkpoint, preloaded=preloaded)
+        logger.info("Evaluating the weights of %s (every key and shape checked)", cfg.train.init_checkpoint)
     else:
         logger.warning("--random-weights: evaluating UNTRAINED weights; the metrics mean nothing")
+    model = model.to(cfg.train.device)
+    logger.info("Model:\n%s", model)
     # NaN predictions or metrics are an error here, where they are the result; the periodic
     # evaluation during training only logs, as detectron2's does.
     results = evaluate(cfg, FiniteOutputs(model))
@@ -122,7 +127,7 @@ def setup(args):
     return cfg
 
 
-def main(args, preloaded_checkpoint=None):
+def main(args, loaded_model=None):
     """Per-process entry point; returns the evaluation results with --eval-only, else None.
 
     In a worker process a user error (e.g. NaN predictions) is one line and exit code 1, like
@@ -131,7 +136,7 @@ def main(args, preloaded_checkpoint=None):
     with exit_on_user_error(PROG, code=EXIT_RUN_FAILED):
         cfg = setup(args)
         if args.eval_only:
-            return eval_only(cfg, preloaded_checkpoint)
+            return eval_only(cfg, loaded_model)
         train(cfg, resume=args.resume)
     return None
 
@@ -144,10 +149,12 @@ def prepare(args):
     """Check everything that can be checked without running, in the launching process.
 
     Returns:
-        the config and, for --eval-only, the checkpoint as read (None for random weights).
+        the config and, for --eval-only, the model with the checkpoint loaded (None for random
+        weights).
 
     Raises:
-        ConfigError, CheckpointFileError, DatasetMissingError: one line naming the problem.
+        ConfigError, CheckpointFileError, DatasetMissingError: one line naming the problem;
+        CheckpointMismatchError: the keys and shapes that do not fit.
     """
     cfg = load_checked_config(args.config_file, args.opts)
     check_datasets_present(dataset_names(cfg.dataloader.get("test" if args.eval_only else "train")))
@@ -166,8 +173,15 @@ def prepare(args):
             f"or pass --random-weights to evaluate untrained weights on purpose"
         )
     # Training starts from a partial checkpoint (e.g. ImageNet weights) that may be a download;
-    # it is read there. Evaluation reads the file now, before a model is built.
-    return cfg, read_checkpoint(path) if args.eval_only else None
+    # it is read there. Evaluation reads the file first (a broken file is named before a model is
+    # built), then loads it, so that a checkpoint of another model is refused before the output
+    # folder is written.
+    if not args.eval_only:
+        return cfg, None
+    checkpoint = read_checkpoint(path)
+    model = instantiate(cfg.model)
+    load_checkpoint(model, path, preloaded=checkpoint)
+    return cfg, model
 
 
 def argument_parser():
@@ -182,11 +196,12 @@ def argument_parser():
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     with exit_on_user_error(PROG):
-        cfg, checkpoint = prepare(args)
+        cfg, loaded_model = prepare(args)
         with claim_output_folder(cfg.train.output_dir, overwrite=args.overwrite, resume=args.resume):
             if args.random_weights:
                 args.opts = [*args.opts, "train.init_checkpoint="]
-            world_size = args.num_gpus * args.num_machines
+            if args.num_gpus * args.num_machines > 1:
+                loaded_model = None  # checked; each worker builds and loads its own
             try:
                 launch(
                     main,
@@ -194,8 +209,7 @@ if __name__ == "__main__":
                     num_machines=args.num_machines,
                     machine_rank=args.machine_rank,
                     dist_url=args.dist_url,
-                    # A worker reads the file itself: the checkpoint is not sent to other processes.
-                    args=(args, checkpoint if world_size == 1 else None),
+                    args=(args, loaded_model),
                 )
             except ProcessExitedException:  # the worker has printed its error
                 sys.exit(EXIT_RUN_FAILED)

@@ -627,4 +627,4 @@ def test_train_net_eval_only_scores_the_trained_model(trained_dir, tmp_path):
     assert math.isfinite(results["panoptic_seg"]["PQ"]) and math.isfinite(results["sem_seg"]["mIoU"])
     log = (tmp_path / "log.txt").read_text()
     assert "TokenClusteringLayer" in log  # evaluated with the config's token reduction on
-    assert f"Loading from {checkpoint}" in log
+    assert f"Evaluating the weights of {checkpoint}" in log

@@ -244,7 +244,7 @@ def test_eval_only_end_to_end(trained_dir, tmp_path, expedite):
     assert saved_cfg.dataloader.evaluator.output_dir == str(tmp_path)  # defaulted, and saved
     log = (tmp_path / "log.txt").read_text()
     assert "Total inference time" in log
-    assert f"Loading from {checkpoint}" in log
+    assert f"Evaluating the weights of {checkpoint} (every key and shape checked)" in log
     # The evaluator wrote its predictions next to the log (output_dir defaulted).
     assert (tmp_path / "coco_instances_results.json").exists()
 
@@ -395,6 +395,25 @@ def test_broken_checkpoint_is_named_before_the_model_is_built(trained_dir, tmp_p
     assert expected in lines[0]
     assert "weights_only" not in result.stderr
     assert not (tmp_path / "run").exists()  # refused before building the model or writing anything
+
+
+@pytest.mark.parametrize("change", ["key_missing", "shape_differs"])
+def test_checkpoint_of_another_model_is_refused_before_writing(trained_dir, tmp_path, change):
+    checkpoint = torch.load(trained_dir / "model_final.pth", weights_only=False)
+    weights = checkpoint["model"]
+    name = next(k for k in sorted(weights) if k.endswith("patch_embed.proj.weight"))
+    if change == "key_missing":
+        del weights[name]
+    else:
+        weights[name] = torch.zeros(1, *weights[name].shape[1:])
+    path = tmp_path / "other.pth"
+    torch.save({"model": weights}, path)
+    result = run_train_net("--eval-only", f"train.output_dir={tmp_path / 'run'}", f"train.init_checkpoint={path}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "train_net.py: error: the checkpoint does not fit this model" in result.stderr
+    listing = "missing in the checkpoint (1)" if change == "key_missing" else "of a different shape (1)"
+    assert listing in result.stderr and name in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_read_checkpoint_keeps_matching_heuristics_query(tmp_path):
