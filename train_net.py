@@ -156,6 +156,8 @@ def prepare(args):
         ConfigError, CheckpointFileError, DatasetMissingError: one line naming the problem;
         CheckpointMismatchError: the keys and shapes that do not fit.
     """
+    if args.num_machines > 1 and args.dist_url == "auto":
+        raise ConfigError(f"--num-machines {args.num_machines} needs --dist-url tcp://HOST:PORT of machine 0")
     cfg = load_checked_config(args.config_file, args.opts)
     check_datasets_present(dataset_names(cfg.dataloader.get("test" if args.eval_only else "train")))
     path = cfg.train.init_checkpoint or ""
@@ -186,6 +188,9 @@ def prepare(args):
 
 def argument_parser():
     parser = default_argument_parser()
+    # detectron2's default is one fixed port per user, so two multi-process runs on one machine
+    # collide (EADDRINUSE); "auto" takes a free port. Several machines need the address of machine 0.
+    parser.set_defaults(dist_url="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace the results in train.output_dir")
     parser.add_argument(
         "--random-weights", action="store_true", help="with --eval-only: evaluate untrained weights on purpose"

@@ -492,6 +492,35 @@ def test_two_processes_equal_one_and_report_errors_the_same(trained_dir, tmp_pat
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_parallel_multi_process_runs_take_free_ports(trained_dir, tmp_path):
+    # detectron2's default --dist-url is one fixed port per user: the second of two overlapping
+    # runs failed with EADDRINUSE.
+    checkpoint = trained_dir / "model_final.pth"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(TRAIN_NET), "--config-file", str(TINY_CONFIG), "--eval-only", "--num-gpus", "2",
+             f"train.output_dir={tmp_path / str(index)}", f"train.init_checkpoint={checkpoint}"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for index in range(2)
+    ]
+    for run in runs:
+        _, stderr = run.communicate(timeout=240)
+        assert run.returncode == 0, stderr[-3000:]
+    assert (tmp_path / "0" / "metrics_eval.json").read_text() == (tmp_path / "1" / "metrics_eval.json").read_text()
+
+
+def test_several_machines_need_the_address_of_machine_0(tmp_path):
+    result = run_train_net("--eval-only", "--num-machines", "2", f"train.output_dir={tmp_path / 'run'}",
+                           "train.init_checkpoint=weights.pth")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "train_net.py: error: --num-machines 2 needs --dist-url tcp://HOST:PORT of machine 0"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_random_weights_goes_with_eval_only(tiny_coco_dir):
     # Training with --random-weights would silently drop the config's init checkpoint.
     train_net = _import_train_net()
