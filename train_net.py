@@ -7,7 +7,8 @@
 Everything the user can get wrong is checked before any file is written or any worker started:
 override keys (``+key=value`` adds one on purpose), the type and range of every token-reduction
 setting, the settings against the model, the device, the dataset's files, the checkpoint file
-(and, for evaluation, that its keys and shapes fit the model), and the output folder, which must not hold another run's results (``--overwrite``, or
+(and, for evaluation, that its keys and shapes fit the model), and the output folder, which must
+not hold another run's results (``--overwrite``, or
 ``--resume`` for training) and is locked while the run writes into it. Each mistake is one line on stderr and exit code 2.
 Evaluation results are logged and, with --eval-only, saved to OUTPUT_DIR/metrics_eval.json;
 there, predictions or metrics that are NaN are an error.
@@ -36,9 +37,10 @@ from torch.multiprocessing import ProcessExitedException
 
 from expedite_vit.data import check_datasets_present, dataset_names
 from expedite_vit.evaluation import FiniteOutputs, check_finite_metrics
-from expedite_vit.runtime.checkpoint import load_checkpoint, read_checkpoint
+from expedite_vit.runtime.checkpoint import load_checkpoint
 from expedite_vit.runtime.cli import EXIT_RUN_FAILED, exit_on_user_error, load_checked_config
 from expedite_vit.runtime.config import ConfigError, default_evaluator_output_dir, load_config, split_override
+from expedite_vit.runtime.models import build_model
 from expedite_vit.runtime.output import claim_output_folder
 
 logger = logging.getLogger("detectron2.train_net")
@@ -180,10 +182,7 @@ def prepare(args):
     # folder is written.
     if not args.eval_only:
         return cfg, None
-    checkpoint = read_checkpoint(path)
-    model = instantiate(cfg.model)
-    load_checkpoint(model, path, preloaded=checkpoint)
-    return cfg, model
+    return cfg, build_model(cfg, "cpu")  # moved to train.device by the process that evaluates it
 
 
 def argument_parser():

@@ -25,7 +25,7 @@ def _load_main_job():
 BUILTIN_MODELS = _load_main_job().BUILTIN_MODELS
 # Floors sit well under what the trained checkpoints score on these 6 images (12 videos) with
 # reduction on and off (Mask2Former: PQ 32.5, PQ_th 14-15, mask AP50 15-16, mIoU 26; video: AP
-# 21-25, AP50 36-44), and far above an untrained model's ~0 (video: AP 1 from the image weights).
+# 22-25, AP50 44-49), and far above an untrained model's ~0 (video: AP 2.3 from the image weights).
 FLOORS = {
     "vitdet": {("bbox", "AP50"): 15, ("segm", "AP50"): 10},
     "mask2former": {("panoptic_seg", "PQ"): 20, ("panoptic_seg", "PQ_th"): 5, ("segm", "AP50"): 8,
